@@ -1,0 +1,1 @@
+"""Stage 4: mailbox names, ACLs, layouts and the catalog of one server."""

@@ -1,0 +1,1 @@
+"""Stage 6: the target tree, rewritten metadata, mailbox list dialects, verify."""
