@@ -1,0 +1,97 @@
+"""What every source (a local folder, an SSH host) offers the mirror.
+
+Paths on the source are raw bytes: Cyrus mailbox names may contain spaces,
+quotes, ``$``, newlines and non-UTF-8 bytes. Every method that takes many
+paths takes them as an iterable and streams; implementations must never put
+a source-derived path into a shell command line unquoted (the SSH source
+sends path lists on the remote command's stdin, NUL-separated).
+
+All paths handed to and returned by a Source are *relative* to a ``root``
+(an absolute directory on the source, e.g. ``/var/spool/imap``), use ``/`` as
+separator, and never contain ``.``/``..`` components or a leading ``/``;
+``b""`` names the root itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+#: f = regular file, d = directory, l = symbolic link, o = anything else.
+Kind = Literal["f", "d", "l", "o"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file system entry as the source saw it (lstat: links are not followed)."""
+
+    path: bytes
+    kind: Kind
+    size: int
+    mtime_ns: int
+    mode: int  # permission bits only (0o7777)
+    inode: int = 0
+    #: Target of a symbolic link, as stored in the link; None for other kinds.
+    link: bytes | None = None
+
+
+@dataclass(slots=True)
+class Fetched:
+    """One file's content as it streams in from :meth:`Source.fetch`.
+
+    ``entry`` describes the file as the sender read it (size, mtime, mode at
+    the time of reading). ``read(n)`` returns up to ``n`` bytes and ``b""`` at
+    the end; the consumer must read the file to its end (or call
+    ``skip()``) before advancing the iterator.
+    """
+
+    entry: Entry
+    read: Callable[[int], bytes]
+    skip: Callable[[], None]
+
+
+class Source(Protocol):
+    """A Cyrus server's file system, seen read-only."""
+
+    def describe(self) -> str:
+        """Human-readable name for messages (``ssh://root@host:22``, ``/old``)."""
+
+    def walk(
+        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = ()
+    ) -> Iterator[Entry]:
+        """Stream the whole tree below ``root`` (root itself first, as ``b""``).
+
+        With ``only_dirs_and`` non-empty, yield only directories and the files
+        whose base name matches one of these shell glob patterns (e.g.
+        ``b"cyrus.*"``): this is the cheap incremental listing that stats
+        directories and metadata files but not message files. Directories whose
+        relative path is in ``prune`` are neither entered nor yielded.
+        Symbolic links are reported, never followed. A missing ``root`` yields
+        nothing.
+        """
+
+    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
+        """Stream the entries directly inside each of ``dirs`` (not recursive).
+
+        A directory that vanished on the source yields nothing.
+        """
+
+    def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
+        """lstat each path; a vanished path is yielded as its bare ``bytes`` path."""
+
+    def fetch(self, root: str, paths: Iterable[bytes]) -> Iterator[Fetched | bytes]:
+        """Stream the contents of regular files, in the order given.
+
+        A file that vanished (or is no longer a regular file) between listing
+        and fetching is yielded as its bare ``bytes`` path instead.
+        """
+
+    def checksum(self, root: str, paths: Iterable[bytes]) -> Iterator[tuple[bytes, str | None]]:
+        """sha256 hex digest of each file computed on the source (None: vanished)."""
+
+    def cyrus_processes(self) -> list[str]:
+        """Command lines of running Cyrus processes on the source (for --final)."""
+
+    def close(self) -> None:
+        """Release connections."""
