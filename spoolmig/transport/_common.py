@@ -1,0 +1,86 @@
+"""Helpers both sources share: path checks, glob matching, Entry from a stat.
+
+Kept apart from :mod:`base` so the protocol module stays a pure contract.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import stat as stat_mod
+from collections.abc import Iterable
+from typing import Callable
+
+from spoolmig.transport.base import Entry, Kind
+
+
+def kind_of(mode: int) -> Kind:
+    """Map ``st_mode`` to the protocol's one-letter kind."""
+    if stat_mod.S_ISREG(mode):
+        return "f"
+    if stat_mod.S_ISDIR(mode):
+        return "d"
+    if stat_mod.S_ISLNK(mode):
+        return "l"
+    return "o"
+
+
+def check_relpath(path: bytes) -> bytes:
+    """Refuse a relative path that could name something outside the root.
+
+    Paths the mirror hands back came from our own listings, so a bad one is a
+    programming error or tampering; either way nothing may be read for it.
+    """
+    if not isinstance(path, bytes):
+        raise TypeError(f"source paths are bytes, got {type(path).__name__}")
+    if path == b"":
+        return path
+    if path.startswith(b"/") or b"\0" in path:
+        raise ValueError(f"not a relative source path: {path!r}")
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise ValueError(f"not a clean relative source path: {path!r}")
+    return path
+
+
+def check_root(root: str) -> str:
+    """A source root is an absolute, normalised directory path."""
+    if not isinstance(root, str) or not root.startswith("/") or "\0" in root:
+        raise ValueError(f"a source root must be an absolute path, got {root!r}")
+    parts = [p for p in root.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"a source root must not contain '..': {root!r}")
+    return "/" + "/".join(parts)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """Relative path of ``name`` inside ``parent`` (``b""`` is the root)."""
+    return parent + b"/" + name if parent else name
+
+
+def glob_matcher(patterns: Iterable[bytes]) -> Callable[[bytes], bool] | None:
+    """One compiled regex for a set of shell globs on base names (None: no filter)."""
+    pats = [p for p in patterns]
+    if not pats:
+        return None
+    for p in pats:
+        if not isinstance(p, bytes) or b"/" in p:
+            raise ValueError(f"glob patterns match base names as bytes, got {p!r}")
+    # fnmatch.translate works on str; latin-1 maps bytes 1:1 onto code points.
+    regex = "|".join(fnmatch.translate(p.decode("latin-1")) for p in pats)
+    compiled = re.compile(regex.encode("latin-1"), re.DOTALL)
+    return lambda name: compiled.match(name) is not None
+
+
+def entry_from_stat(path: bytes, st: object, link: bytes | None = None) -> Entry:
+    """Build an Entry from an ``os.stat_result``-like object (lstat semantics)."""
+    mode: int = st.st_mode  # type: ignore[attr-defined]
+    return Entry(
+        path=path,
+        kind=kind_of(mode),
+        size=st.st_size,  # type: ignore[attr-defined]
+        mtime_ns=st.st_mtime_ns,  # type: ignore[attr-defined]
+        mode=mode & 0o7777,
+        inode=st.st_ino,  # type: ignore[attr-defined]
+        link=link,
+    )
