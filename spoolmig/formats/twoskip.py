@@ -1,0 +1,275 @@
+"""Cyrus twoskip databases (2.5+), read as a freshly restarted Cyrus serves them.
+
+Implements formats/twoskip.md. Everything past the header's ``current_size``
+is an uncommitted transaction; of the two level-0 pointers of a record the
+larger one below ``current_size`` is the committed successor. A clean file is
+served by walking that chain (lib/cyrusdb_twoskip.c ``myforeach``). A dirty
+file is what ``recovery1`` would make of it: the same walk, which must then
+be in comparator order; when that fails Cyrus falls back to ``recovery2``,
+which we do not imitate for reading (it drops the wrong key for DELETE
+records) — the file is reported as damaged and ``spoolmig db recover``
+salvages it correctly.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from spoolmig.errors import FormatError
+
+from ._binary import Order, roundup, sort_key
+
+MAGIC = b"\xa1\x02\x8b\x0dtwoskip file\x00\x00\x00\x00"
+HEADER_SIZE = 64
+DUMMY_OFFSET = 64
+MAXLEVEL = 31
+VERSION = 1
+DIRTY = 1
+BLANK = b" BLANK\x07\xa0"
+BLOCKSIZE = 512
+
+DUMMY = ord("=")
+RECORD = ord("+")
+DELETE = ord("-")
+COMMIT = ord("$")
+TYPE_NAMES = {DUMMY: "DUMMY", RECORD: "RECORD", DELETE: "DELETE", COMMIT: "COMMIT"}
+
+_HEADER = struct.Struct(">20sIQQQQII")
+_head = struct.Struct(">BBHI").unpack_from
+_u64 = struct.Struct(">Q").unpack_from
+_u32x2 = struct.Struct(">II").unpack_from
+_PTR_STRUCTS = [struct.Struct(f">{n}Q") for n in range(1, MAXLEVEL + 2)]
+_PTRS = [s.unpack_from for s in _PTR_STRUCTS]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The 64-byte header."""
+
+    version: int
+    generation: int
+    num_records: int
+    repack_size: int
+    current_size: int
+    flags: int
+    crc32: int
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.flags & DIRTY)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record located in the buffer (key/value as offsets, not copies)."""
+
+    offset: int
+    type: int
+    level: int
+    keylen: int
+    vallen: int
+    nextloc: tuple[int, ...]
+    crc32_head: int
+    crc32_tail: int
+    keyoffset: int
+    length: int
+
+    @property
+    def valoffset(self) -> int:
+        return self.keyoffset + self.keylen
+
+
+def read_header(buf: Any, file: str) -> Header:
+    """Check magic, version and CRC as Cyrus's read_header() does."""
+    if len(buf) < HEADER_SIZE:
+        raise FormatError(file, 0, f"twoskip header needs {HEADER_SIZE} bytes, file has {len(buf)}")
+    magic, *fields = _HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise FormatError(file, 0, "not a twoskip file (bad magic)")
+    header = Header(*fields)
+    if header.version > VERSION:
+        raise FormatError(file, 20, f"twoskip version {header.version}, only 1 exists")
+    crc = zlib.crc32(memoryview(buf)[:60])
+    if crc != header.crc32:
+        raise FormatError(file, 60, f"header CRC 0x{header.crc32:08x} does not match 0x{crc:08x}")
+    return header
+
+
+def read_record(buf: Any, offset: int, file: str, *, mv: memoryview | None = None) -> Record:
+    """Parse and head-CRC-check the record at ``offset`` (read_onerecord)."""
+    size = len(buf)
+    if offset + 24 > size:
+        raise FormatError(file, offset, f"record at {offset} runs past the end of the file ({size} bytes)")
+    rtype, level, keylen, vallen = _head(buf, offset)
+    if level > MAXLEVEL:
+        raise FormatError(file, offset, f"record level {level} above {MAXLEVEL}")
+    pos = offset + 8
+    if keylen == 0xFFFF:
+        keylen = _u64(buf, pos)[0]
+        pos += 8
+    if vallen == 0xFFFFFFFF:
+        vallen = _u64(buf, pos)[0]
+        pos += 8
+    length = pos - offset + 8 * (level + 1) + 8 + roundup(keylen + vallen, 8)
+    if offset + length > size:
+        raise FormatError(file, offset, f"record of {length} bytes runs past the end of the file ({size} bytes)")
+    nextloc = _PTRS[level](buf, pos)
+    pos += 8 * (level + 1)
+    crc_head, crc_tail = _u32x2(buf, pos)
+    view = mv if mv is not None else memoryview(buf)
+    if zlib.crc32(view[offset:pos]) != crc_head:
+        raise FormatError(file, offset, f"record head CRC mismatch ({TYPE_NAMES.get(rtype, hex(rtype))} record)")
+    return Record(offset, rtype, level, keylen, vallen, nextloc, crc_head, crc_tail, pos + 8, length)
+
+
+def check_tail(buf: Any, record: Record, file: str, mv: memoryview | None = None) -> None:
+    """Check the CRC over key, value and padding."""
+    view = mv if mv is not None else memoryview(buf)
+    start = record.keyoffset
+    if zlib.crc32(view[start:start + roundup(record.keylen + record.vallen, 8)]) != record.crc32_tail:
+        raise FormatError(file, record.offset, "record tail CRC mismatch (key/value damaged)")
+
+
+def level0(nextloc: tuple[int, ...], end: int) -> int:
+    """The committed level-0 successor (_getloc): the larger pointer below ``end``."""
+    n0 = nextloc[0]
+    n1 = nextloc[1] if len(nextloc) > 1 else 0
+    if n0 >= end:
+        return n1
+    if n1 >= end:
+        return n0
+    return n0 if n0 > n1 else n1
+
+
+def getloc(nextloc: tuple[int, ...], level: int, end: int) -> int:
+    """Successor at ``level`` (slot level+1 above level 0)."""
+    return nextloc[level + 1] if level else level0(nextloc, end)
+
+
+def walk(buf: Any, file: str, end: int, *, order: Order | None = None) -> Iterator[Record]:
+    """Live records along the committed level-0 chain, checked like foreach does.
+
+    With ``order`` set, each key must sort after the previous one (as
+    recovery1 and myconsistent require).
+    """
+    mv = memoryview(buf)
+    dummy = read_record(buf, DUMMY_OFFSET, file, mv=mv)
+    if dummy.type != DUMMY:
+        raise FormatError(file, DUMMY_OFFSET, f"first record is {TYPE_NAMES.get(dummy.type, hex(dummy.type))}, not DUMMY")
+    sk = sort_key(order) if order else None
+    previous = b""
+    budget = len(buf) // 24 + 2
+    offset = level0(dummy.nextloc, end)
+    while offset:
+        budget -= 1
+        if budget < 0:
+            raise FormatError(file, offset, "level-0 pointers form a loop")
+        rec = read_record(buf, offset, file, mv=mv)
+        if rec.type == DELETE:
+            offset = rec.nextloc[0]
+            continue
+        if rec.type != RECORD:
+            raise FormatError(file, offset, f"level-0 chain reaches a {TYPE_NAMES.get(rec.type, hex(rec.type))} record")
+        check_tail(buf, rec, file, mv)
+        if sk is not None:
+            key = sk(bytes(mv[rec.keyoffset:rec.keyoffset + rec.keylen]))
+            if key <= previous:
+                raise FormatError(file, offset, "key out of order in the level-0 chain")
+            previous = key
+        yield rec
+        offset = level0(rec.nextloc, end)
+
+
+def records(buf: Any, *, file: str, order: Order | None = "raw") -> Iterator[tuple[bytes, bytes]]:
+    """Committed (key, value) pairs in the order a restarted Cyrus iterates them.
+
+    ``order`` is the comparator the database is opened with (``raw``, Cyrus's
+    default; ``mbox`` for ``improved_mboxlist_sort``; None for whichever of
+    the two the file is in). It matters only for a dirty file, whose chain
+    recovery checks before serving it; a clean file is served in chain order.
+    """
+    if len(buf) == 0:
+        return
+    header = read_header(buf, file)
+    end = header.current_size
+    if end == len(buf) and not header.dirty:
+        for rec in walk(buf, file, end):
+            k = rec.keyoffset
+            yield buf[k:k + rec.keylen], buf[k + rec.keylen:k + rec.keylen + rec.vallen]
+        return
+    # What recovery1 does before anything is served: the walk must succeed.
+    if end <= HEADER_SIZE:
+        raise FormatError(file, 48, f"current_size {end} leaves no room for the DUMMY record")
+    if end > len(buf):
+        raise FormatError(file, 48, f"current_size {end} is beyond the end of the file ({len(buf)} bytes): truncated")
+    candidates: tuple[Order, ...] = (order,) if order else ("raw", "mbox")
+    problem: FormatError | None = None
+    for candidate in candidates:
+        try:
+            for _ in walk(buf, file, end, order=candidate):
+                pass
+        except FormatError as error:
+            problem = problem or error
+            continue
+        break
+    else:
+        assert problem is not None
+        raise FormatError(file, problem.offset, "dirty file cannot be recovered by walking its pointers: "
+                          f"{problem.problem}", hint="salvage it with: spoolmig db recover FILE OUT")
+    for rec in walk(buf, file, end):
+        k = rec.keyoffset
+        yield buf[k:k + rec.keylen], buf[k + rec.keylen:k + rec.keylen + rec.vallen]
+
+
+def _pack_record(rtype: int, level: int, key: bytes, value: bytes, nextloc: list[int]) -> bytes:
+    head = bytearray(struct.pack(">BBHI", rtype, level, min(len(key), 0xFFFF), min(len(value), 0xFFFFFFFF)))
+    if len(key) >= 0xFFFF:
+        head += struct.pack(">Q", len(key))
+    if len(value) >= 0xFFFFFFFF:
+        head += struct.pack(">Q", len(value))
+    head += _PTR_STRUCTS[level].pack(*nextloc)
+    kv = key + value
+    kv += b"\0" * (-len(kv) % 8)
+    return bytes(head) + struct.pack(">II", zlib.crc32(head), zlib.crc32(kv) if kv else 0) + kv
+
+
+def _head_len(key: bytes, value: bytes, level: int) -> int:
+    return (8 + (8 if len(key) >= 0xFFFF else 0) + (8 if len(value) >= 0xFFFFFFFF else 0)
+            + 8 * (level + 1) + 8 + roundup(len(key) + len(value), 8))
+
+
+def build(items: Any, *, order: Order = "raw") -> bytes:
+    """A freshly repacked twoskip: header, DUMMY, sorted records, one COMMIT.
+
+    That is what Cyrus's checkpoint writes (generation 1 here); BLANK padding
+    is left out so 2.5 and 3.0 read it as well as 3.2+.
+    """
+    from .skiplist import _unique_sorted, node_level
+
+    ordered = _unique_sorted(items, order)
+    levels = [node_level(i, MAXLEVEL) for i in range(len(ordered))]
+    dummy_len = _head_len(b"", b"", MAXLEVEL)
+    offsets = []
+    off = DUMMY_OFFSET + dummy_len
+    for (key, value), level in zip(ordered, levels):
+        offsets.append(off)
+        off += _head_len(key, value, level)
+    first = DUMMY_OFFSET + dummy_len
+    nxt = [0] * MAXLEVEL
+    bodies: list[bytes] = [b""] * len(ordered)
+    for i in range(len(ordered) - 1, -1, -1):
+        key, value = ordered[i]
+        level = levels[i]
+        bodies[i] = _pack_record(RECORD, level, key, value, [nxt[0], 0, *nxt[1:level]])
+        for lv in range(level):
+            nxt[lv] = offsets[i]
+    dummy = _pack_record(DUMMY, MAXLEVEL, b"", b"", [nxt[0], 0, *nxt[1:]])
+    commit = _pack_record(COMMIT, 0, b"", b"", [first]) if ordered else b""
+    size = off + len(commit)
+    fields = (MAGIC, VERSION, 1, len(ordered), size, size, 0)
+    head = _HEADER.pack(*fields, 0)[:60]
+    return head + struct.pack(">I", zlib.crc32(head)) + dummy + b"".join(bodies) + commit
