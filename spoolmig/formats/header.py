@@ -264,7 +264,12 @@ def _parse_dlist(buf: bytes, p: int, eol: int, file: str) -> Header:
 def build(header: Header) -> bytes:
     """The bytes of a cyrus.header; identical to the input for an unchanged parse."""
     if header.form == "dlist":
-        return MAGIC + _build_dlist(header) + b"\n" + (header._lines.trailer if header._lines else b"")
+        body = _build_dlist(header)
+        if b"\n" in body:
+            # mailbox_read_header takes the body up to the first LF: a literal
+            # ({N+} CRLF ...) would cut it. Cyrus 3.6 has the same limit.
+            raise ValueError("a dlist cyrus.header cannot hold a value that needs a literal")
+        return MAGIC + body + b"\n" + (header._lines.trailer if header._lines else b"")
     lines = header._lines
     if header.form == "old":
         first = header.quotaroot or b""
