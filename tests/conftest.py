@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["sshd"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,21 @@
 """What every source (a local folder, an SSH host) offers the mirror.
 
+NOTE for the mirror (transport engineer, backward-compatible refinements):
+
+* ``fetch`` also accepts :class:`Entry` items (from a listing) besides bare
+  paths. Pass Entries when you have them: the SSH source then bounds its tar
+  batches by bytes, sends files over 64 MiB by SFTP with prefetch, and keeps
+  the listing's nanosecond mtime when it must fall back to SFTP.
+* ``walk`` order: a directory comes before its contents; nothing else is
+  promised (readdir order). Over SSH a walk that loses its connection after
+  yielding entries raises TransportError (run the pass again); every other
+  operation resumes by itself after a reconnect.
+* In the SFTP fallback (no shell on the source) ``inode`` is 0 and mtimes are
+  whole seconds; ``Fetched.entry.inode`` is always 0 over SSH (tar has none).
+* ``Fetched.entry`` is the file as the sender opened it; if the file changed
+  while being read, its mtime on the source moved, so the next pass's
+  comparison catches it.
+
 Paths on the source are raw bytes: Cyrus mailbox names may contain spaces,
 quotes, ``$``, newlines and non-UTF-8 bytes. Every method that takes many
 paths takes them as an iterable and streams; implementations must never put
@@ -80,8 +96,11 @@ class Source(Protocol):
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
         """lstat each path; a vanished path is yielded as its bare ``bytes`` path."""
 
-    def fetch(self, root: str, paths: Iterable[bytes]) -> Iterator[Fetched | bytes]:
+    def fetch(self, root: str, paths: Iterable[bytes | Entry]) -> Iterator[Fetched | bytes]:
         """Stream the contents of regular files, in the order given.
+
+        Items are bare paths or Entries from a listing (their size and mtime
+        are hints; what is sent is read afresh).
 
         A file that vanished (or is no longer a regular file) between listing
         and fetching is yielded as its bare ``bytes`` path instead.

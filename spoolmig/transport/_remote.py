@@ -1,0 +1,222 @@
+"""Remote shell commands for the SSH source, and parsers for what they print.
+
+Pure functions, no paramiko: the commands are plain POSIX ``sh`` with GNU
+find/xargs/tar/sha256sum. Only configuration-derived strings (a root, prune
+paths, glob patterns) ever appear on a command line, always through
+:func:`shlex.quote`; paths that come from the source travel on the command's
+stdin, NUL-separated, each prefixed with ``./`` so a name such as ``-rf`` can
+never be taken for an option.
+
+Every record printed by ``find -printf`` is seven NUL-terminated fields
+(:data:`FIND_FORMAT`); a file name cannot contain NUL, so this framing is
+exact for names with newlines, quotes or non-UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Iterator
+
+from spoolmig.transport.base import Entry, Kind
+
+#: type, permission bits (octal), size, inode, mtime (seconds.fraction), link target, path.
+FIND_FORMAT = r"%y\0%m\0%s\0%i\0%T@\0%l\0%p\0"
+FIELDS = 7
+_KINDS: dict[bytes, Kind] = {b"f": "f", b"d": "d", b"l": "l"}
+
+#: Exit status a command uses to say "could not enter the root" (vs. root missing: 0, no output).
+EXIT_NO_ROOT = 86
+
+#: Probe run once per connection: which GNU tools the account can use.
+PROBE = (
+    "find / -maxdepth 0 -printf 'P%y\\n' 2>/dev/null; "
+    "printf 'a\\000' | xargs -0 -r printf 'X%s\\n' 2>/dev/null; "
+    "tar --null --no-unquote --hard-dereference --format=posix --pax-option=delete=atime "
+    "--version >/dev/null 2>&1 && echo T; "
+    "printf '' | sha256sum >/dev/null 2>&1 && echo S; "
+    "echo E"
+)
+
+#: stderr lines that only say a file vanished or changed under us: never fatal.
+_BENIGN = re.compile(
+    rb"(No such file or directory|Not a directory|file changed as we read it|"
+    rb"File shrank by \d+ bytes?; padding with zeros|File removed before we read it|"
+    rb"Exiting with failure status due to previous errors|Too many levels of symbolic links|"
+    rb"exited with status \d+; aborting|No such file or directory\)?)$"
+)
+
+
+def wrap(script: str) -> str:
+    """Run ``script`` under ``/bin/sh`` in the C locale whatever the login shell is (csh on BSD)."""
+    return "exec /bin/sh -c " + shlex.quote("LC_ALL=C; export LC_ALL; " + script)
+
+
+def enter(root: str) -> str:
+    """Shell prefix: a missing root prints nothing and succeeds; an unreadable one fails."""
+    q = shlex.quote(root)
+    return f"[ -d {q} ] || exit 0; cd {q} || exit {EXIT_NO_ROOT}; "
+
+
+def _glob_escape(path: bytes) -> str:
+    """Quote glob metacharacters so ``find -path`` matches ``path`` literally."""
+    text = path.decode("utf-8", "surrogateescape")
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:
+    """One streamed ``find`` for a whole tree; the cheap form stats only dirs and matches.
+
+    GNU find takes the file type for ``-type d`` from ``d_type`` and needs no
+    stat for ``-name``, so in the cheap form message files are never stat'ed.
+    """
+    expr = []
+    pruned = [p for p in prune]
+    if pruned:
+        alts = " -o ".join(
+            "-path " + shlex.quote("./" + _glob_escape(p)) for p in pruned if p
+        )
+        if b"" in pruned:
+            return wrap("exit 0")
+        if alts:
+            expr.append(f"\\( {alts} \\) -prune -o")
+    fmt = shlex.quote(FIND_FORMAT)
+    pats = [p for p in only_dirs_and]
+    if pats:
+        names = " -o ".join("-name " + shlex.quote(p.decode("utf-8", "surrogateescape")) for p in pats)
+        expr.append(f"-type d -printf {fmt} -o \\( {names} \\) -printf {fmt}")
+    else:
+        expr.append(f"-printf {fmt}")
+    return wrap(enter(root) + "exec find . " + " ".join(expr))
+
+
+def _xargs(inner: str) -> str:
+    """Feed stdin's NUL-separated ``./path`` list to ``inner`` as "$@", in batches, in order."""
+    return "exec xargs -0 -r /bin/sh -c " + shlex.quote(inner) + " sh"
+
+
+def stat_command(root: str) -> str:
+    return wrap(enter(root) + _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'"))
+
+
+def list_command(root: str) -> str:
+    return wrap(enter(root) + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'"))
+
+
+def not_dirs_command(root: str) -> str:
+    """Print which of the listed ancestor directories are no longer real directories (e.g. symlinks)."""
+    return wrap(enter(root) + _xargs("exec find \"$@\" -maxdepth 0 ! -type d -printf '%p\\0'"))
+
+
+def ancestors(paths: Iterable[bytes]) -> list[bytes]:
+    """Every proper ancestor directory of the paths (not the root), each once, in order."""
+    seen: dict[bytes, None] = {}
+    for p in paths:
+        parts = p.split(b"/")[:-1]
+        for i in range(1, len(parts) + 1):
+            seen.setdefault(b"/".join(parts[:i]), None)
+    return list(seen)
+
+
+def under(path: bytes, prefixes: set[bytes]) -> bool:
+    """Is ``path`` inside one of ``prefixes``?"""
+    parts = path.split(b"/")[:-1]
+    return any(b"/".join(parts[:i]) in prefixes for i in range(1, len(parts) + 1))
+
+
+def checksum_command(root: str) -> str:
+    """sha256 of regular files only: ``-type f`` keeps a symlink's target unread."""
+    return wrap(enter(root) + _xargs("exec find \"$@\" -maxdepth 0 -type f -exec sha256sum {} +"))
+
+
+def tar_command(root: str) -> str:
+    """One POSIX tar stream of the listed files: ns mtimes in pax headers, links never followed.
+
+    ``--hard-dereference``: Cyrus hard-links one message into many mailboxes;
+    each must arrive as a whole file, not as a link to a member we may skip.
+    ``--no-unquote``: names with backslashes are taken literally.
+    """
+    return wrap(
+        enter(root)
+        + "exec tar --null --no-recursion --no-unquote --hard-dereference --format=posix "
+        "--pax-option=delete=atime,delete=ctime -cf - -T -"
+    )
+
+
+PS_COMMAND = wrap("ps -ww -eo args 2>/dev/null || ps -eo args")
+
+
+def stdin_paths(paths: Iterable[bytes]) -> bytes:
+    """NUL-separated ``./``-prefixed list for a command's stdin (``b""`` is the root ``.``)."""
+    return b"".join((b"./" + p if p else b".") + b"\0" for p in paths)
+
+
+def strip_dot(path: bytes) -> bytes:
+    """``./a/b`` → ``a/b``; ``.`` → ``b""``."""
+    if path == b".":
+        return b""
+    if path.startswith(b"./"):
+        return path[2:]
+    return path
+
+
+def parse_time_ns(text: bytes) -> int:
+    """``1700000000.123456789`` (any fraction length, optional sign) → integer nanoseconds, exactly."""
+    neg = text.startswith(b"-")
+    if neg:
+        text = text[1:]
+    whole, _, frac = text.partition(b".")
+    ns = int(whole or b"0") * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
+    return -ns if neg else ns
+
+
+def parse_records(chunks: Iterable[bytes]) -> Iterator[Entry]:
+    """Turn the byte stream of :data:`FIND_FORMAT` records into Entries as they arrive."""
+    rest = b""
+    fields: list[bytes] = []
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\0")
+        rest = parts.pop()
+        fields.extend(parts)
+        n = len(fields) - len(fields) % FIELDS
+        for i in range(0, n, FIELDS):
+            yield record_entry(fields[i:i + FIELDS])
+        del fields[:n]
+    if rest or fields:
+        raise ValueError("listing ended in the middle of a record")
+
+
+def record_entry(f: list[bytes]) -> Entry:
+    kind = _KINDS.get(f[0], "o")
+    return Entry(
+        path=strip_dot(f[6]),
+        kind=kind,
+        size=int(f[2]),
+        mtime_ns=parse_time_ns(f[4]),
+        mode=int(f[1], 8) & 0o7777,
+        inode=int(f[3]),
+        link=f[5] if kind == "l" else None,
+    )
+
+
+def parse_sha256_line(line: bytes) -> tuple[bytes, str]:
+    """One ``sha256sum`` output line → (path, hex digest); undoes its ``\\`` escaping."""
+    escaped = line.startswith(b"\\")
+    if escaped:
+        line = line[1:]
+    digest, name = line[:64], line[66:]
+    if len(digest) != 64 or line[64:66] not in (b"  ", b" *"):
+        raise ValueError(f"unexpected sha256sum output {line[:100]!r}")
+    if escaped:
+        name = re.sub(rb"\\(.)", lambda m: {b"n": b"\n", b"r": b"\r", b"\\": b"\\"}.get(m.group(1), m.group(0)),
+                      name)
+    return strip_dot(name), digest.decode("ascii")
+
+
+def fatal_stderr(stderr: bytes) -> str | None:
+    """The first stderr line that is not a benign "vanished/changed" note, if any."""
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line and not _BENIGN.search(line):
+            return line.decode("utf-8", "backslashreplace")
+    return None

@@ -1,0 +1,225 @@
+"""A streaming reader for the POSIX (pax) tar stream that ``tar --format=posix`` sends.
+
+Why not :mod:`tarfile`: it builds a TarInfo with a dozen fields and decodes
+names to str for every member; at 200k small files the per-member cost shows
+(measured in tests/test_transport_tar.py's benchmark note, see the report).
+Here a header is sliced with fixed offsets (the hot loop) and the layout is
+documented once, as a construct definition, which the tests check against the
+offsets used.
+
+Only what a transport needs is decoded: path (raw bytes, from the ustar
+prefix+name or a pax ``path`` record), type, size, mode and mtime (pax
+``mtime`` gives nanoseconds). The stream is consumed strictly forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from construct import Bytes, Struct
+
+BLOCK = 512
+
+#: The ustar header (POSIX.1-1988 + pax magic), 512 bytes; numbers are octal ASCII
+#: (GNU tar writes base-256, first byte 0x80, for sizes beyond 8 GiB).
+#:
+#: ======  ====  =========  ==================================================
+#: offset  size  field      meaning
+#: ======  ====  =========  ==================================================
+#: 0       100   name       path (NUL-terminated unless full)
+#: 100     8     mode       permission bits, octal
+#: 108     8     uid
+#: 116     8     gid
+#: 124     12    size       data bytes that follow, octal or base-256
+#: 136     12    mtime      seconds since the epoch, octal
+#: 148     8     chksum     sum of header bytes with this field as spaces
+#: 156     1     typeflag   '0'/NUL file, '5' dir, '2' symlink, 'x' pax, 'g' global pax, 'L' GNU long name
+#: 157     100   linkname
+#: 257     6     magic      "ustar\0"
+#: 263     2     version    "00"
+#: 265     32    uname
+#: 297     32    gname
+#: 329     8     devmajor
+#: 337     8     devminor
+#: 345     155   prefix     prepended to name with "/" when not empty
+#: 500     12    pad
+#: ======  ====  =========  ==================================================
+USTAR_HEADER = Struct(
+    "name" / Bytes(100),
+    "mode" / Bytes(8),
+    "uid" / Bytes(8),
+    "gid" / Bytes(8),
+    "size" / Bytes(12),
+    "mtime" / Bytes(12),
+    "chksum" / Bytes(8),
+    "typeflag" / Bytes(1),
+    "linkname" / Bytes(100),
+    "magic" / Bytes(6),
+    "version" / Bytes(2),
+    "uname" / Bytes(32),
+    "gname" / Bytes(32),
+    "devmajor" / Bytes(8),
+    "devminor" / Bytes(8),
+    "prefix" / Bytes(155),
+    "pad" / Bytes(12),
+)
+assert USTAR_HEADER.sizeof() == BLOCK
+
+#: (start, end) of each field, as the hot loop slices them; tests compare with USTAR_HEADER.
+OFFSETS = {
+    "name": (0, 100), "mode": (100, 108), "size": (124, 136), "mtime": (136, 148),
+    "chksum": (148, 156), "typeflag": (156, 157), "magic": (257, 263), "prefix": (345, 500),
+}
+
+
+class TarFormatError(ValueError):
+    """The stream is not the tar we expected (offset in the stream, problem)."""
+
+
+@dataclass(slots=True)
+class Member:
+    path: bytes
+    typeflag: bytes
+    size: int
+    mode: int
+    mtime_ns: int
+    linkname: bytes = b""
+
+    @property
+    def is_file(self) -> bool:
+        return self.typeflag in (b"0", b"\0", b"7")
+
+
+def _octal(field: bytes, offset: int, what: str) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256
+        value = int.from_bytes(field[1:], "big")
+        return value
+    text = field.split(b"\0", 1)[0].strip()
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(f"offset {offset}: bad {what} field {field!r}") from None
+
+
+def _time_ns(text: bytes) -> int:
+    neg = text.startswith(b"-")
+    whole, _, frac = text.lstrip(b"-").partition(b".")
+    ns = int(whole or b"0") * 1_000_000_000 + int((frac[:9] or b"0").ljust(9, b"0"))
+    return -ns if neg else ns
+
+
+def parse_pax(data: bytes) -> dict[bytes, bytes]:
+    """``"<len> key=value\\n"`` records → dict (values raw bytes)."""
+    out: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        if length <= 0:
+            raise TarFormatError("bad pax record length")
+        record = data[space + 1:pos + length - 1]  # drop the trailing "\n"
+        key, _, value = record.partition(b"=")
+        out[key] = value
+        pos += length
+    return out
+
+
+class TarStream:
+    """Pull members and their data off a byte source; ``recv(n)`` returns b"" at EOF."""
+
+    def __init__(self, recv: Callable[[int], bytes], chunk: int = 1 << 18) -> None:
+        self._recv = recv
+        self._chunk = chunk
+        self._buf = bytearray()
+        self.offset = 0  # stream offset of self._buf[0]
+        self._left = 0  # data bytes of the current member not yet read
+        self._pad = 0  # padding after the current member's data
+
+    def _fill(self, n: int) -> None:
+        while len(self._buf) < n:
+            data = self._recv(max(self._chunk, n - len(self._buf)))
+            if not data:
+                raise EOFError(f"tar stream ended at offset {self.offset + len(self._buf)}")
+            self._buf += data
+
+    def _take(self, n: int) -> bytes:
+        self._fill(n)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.offset += n
+        return out
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` data bytes of the current member (b"" at its end)."""
+        if self._left <= 0:
+            return b""
+        if not self._buf:
+            data = self._recv(max(self._chunk, 1))
+            if not data:
+                raise EOFError(f"tar stream ended at offset {self.offset}")
+            self._buf += data
+        n = min(n, self._left, len(self._buf))
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.offset += n
+        self._left -= n
+        return out
+
+    def skip_data(self) -> None:
+        """Discard what is left of the current member, and its padding."""
+        while self._left > 0:
+            self.read(min(self._left, 1 << 20))
+        if self._pad:
+            self._take(self._pad)
+            self._pad = 0
+
+    def next(self) -> Member | None:
+        """The next member's header (data follows); None at the end of the archive."""
+        self.skip_data()
+        pax: dict[bytes, bytes] = {}
+        longname: bytes | None = None
+        while True:
+            start = self.offset
+            block = self._take(BLOCK)
+            if block.count(0) == BLOCK:
+                return None  # end-of-archive marker
+            stored = _octal(block[148:156], start, "chksum")
+            if stored != sum(block[:148]) + 256 + sum(block[156:]):
+                raise TarFormatError(f"offset {start}: header checksum mismatch")
+            typeflag = block[156:157]
+            size = pax[b"size"] if b"size" in pax else None
+            size = int(size) if size is not None else _octal(block[124:136], start, "size")
+            if typeflag in (b"x", b"g", b"L"):
+                data = self._take(size)
+                self._take(-size % BLOCK)
+                if typeflag == b"x":
+                    pax.update(parse_pax(data))
+                elif typeflag == b"L":
+                    longname = data.rstrip(b"\0")
+                continue
+            if b"path" in pax:
+                path = pax[b"path"]
+            elif longname is not None:
+                path = longname
+            else:
+                name = block[0:100].split(b"\0", 1)[0]
+                prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+                path = prefix + b"/" + name if prefix else name
+            mtime_ns = (_time_ns(pax[b"mtime"]) if b"mtime" in pax
+                        else _octal(block[136:148], start, "mtime") * 1_000_000_000)
+            member = Member(
+                path=path,
+                typeflag=typeflag,
+                size=size if typeflag not in (b"1", b"2", b"3", b"4", b"5", b"6") else 0,
+                mode=_octal(block[100:108], start, "mode") & 0o7777,
+                mtime_ns=mtime_ns,
+                linkname=pax.get(b"linkpath", block[157:257].split(b"\0", 1)[0]),
+            )
+            self._left = member.size
+            self._pad = -member.size % BLOCK
+            return member

@@ -1,0 +1,1176 @@
+"""The SSH source: one paramiko connection, streamed remote commands, SFTP as the fallback.
+
+The only module that imports paramiko. Why it is shaped this way:
+
+* Per-file SFTP round trips are the enemy (anchors.md 5.2). A whole tree is
+  listed by one streamed ``find -printf``; files arrive as one POSIX tar
+  stream per batch over one channel, and the next batch's command is started
+  before the current one is parsed, so its start-up latency overlaps the
+  transfer. Lists of paths travel on the remote command's stdin,
+  NUL-separated (see :mod:`._remote`).
+* Trust fails closed: the host key must be in ``known_hosts`` (``[host]:port``
+  for other ports) or match a pinned ``SHA256:`` fingerprint; anything else is
+  a :class:`HostKeyError` showing the offered key, never an auto-accept.
+* Every wait is bounded (connect, banner, auth, channel open, each read) and
+  a keepalive runs. A dropped connection is re-established with backoff and
+  the operation resumes from the first item not yet delivered; only a walk
+  that already yielded entries cannot resume (its pass must be re-run).
+* When the account has no usable shell, or the remote tools are not GNU
+  (``find`` without ``-printf``: old Solaris), everything goes over SFTP,
+  with mtimes in whole seconds (SFTP v3 carries no nanoseconds or inodes).
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import socket
+import stat as stat_mod
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_OPENDIR, CMD_READDIR
+from paramiko.sftp_attr import SFTPAttributes
+
+from spoolmig.errors import HostKeyError, TransportError
+from spoolmig.transport import _remote
+from spoolmig.transport._common import check_relpath, check_root, glob_matcher, join, kind_of
+from spoolmig.transport._tar import TarFormatError, TarStream
+from spoolmig.transport.base import Entry, Fetched
+
+if TYPE_CHECKING:
+    from spoolmig.config import SourceConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MiB = 1 << 20
+#: Files at most this big are buffered whole before being handed out, so a
+#: dropped connection never leaves a consumer holding half a file.
+_BUFFER_LIMIT = 1 * _MiB
+#: Bytes of NUL-separated paths sent on one command's stdin: well under
+#: OpenSSH's 2 MiB channel window, so sending never waits for the reader.
+_STDIN_LIMIT = 512 * 1024
+
+
+class _Lost(Exception):
+    """The connection dropped (or went silent): reconnect and resume."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """``SHA256:<base64>`` of a key, as OpenSSH prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _norm_fp(text: str) -> str:
+    text = text.strip()
+    if not text.upper().startswith("SHA256:"):
+        raise TransportError(f"host_key_fingerprint {text!r} must look like SHA256:<base64>")
+    return "SHA256:" + text[7:].rstrip("=")
+
+
+@dataclass
+class _Conn:
+    """One live connection and what the remote account can do."""
+
+    transport: paramiko.Transport
+    generation: int
+    shell: bool = False  # GNU find -printf and xargs -0 work
+    tar: bool = False
+    sha256sum: bool = False
+    _sftp: paramiko.SFTPClient | None = None
+
+    def sftp(self, timeout: float) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = paramiko.SFTPClient.from_transport(self.transport)
+            if self._sftp is None:
+                raise _Lost("cannot open an SFTP channel")
+            self._sftp.get_channel().settimeout(timeout)
+        return self._sftp
+
+    def close(self) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
+        self.transport.close()
+
+
+class SshSource:
+    """A Cyrus server reached over SSH, read-only; see the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 22,
+        user: str | None = None,
+        *,
+        known_hosts: str = "~/.ssh/known_hosts",
+        identity_file: str | None = None,
+        host_key_fingerprint: str | None = None,
+        connect_timeout: float = 20.0,
+        io_timeout: float = 120.0,
+        keepalive: int = 15,
+        retries: int = 5,
+        backoff: float = 1.0,
+        batch_files: int = 2000,
+        batch_bytes: int = 32 * _MiB,
+        large_file: int = 64 * _MiB,
+        force_sftp: bool = False,
+    ) -> None:
+        self.host, self.port = host, port
+        self.user = user or getpass.getuser()
+        self.known_hosts = os.path.expanduser(known_hosts)
+        self.identity_file = os.path.expanduser(identity_file) if identity_file else None
+        self.pinned = _norm_fp(host_key_fingerprint) if host_key_fingerprint else None
+        self.connect_timeout, self.io_timeout = connect_timeout, io_timeout
+        self.keepalive, self.retries, self.backoff = keepalive, retries, backoff
+        self.batch_files, self.batch_bytes, self.large_file = batch_files, batch_bytes, large_file
+        self.force_sftp = force_sftp
+        self._conn: _Conn | None = None
+        self._generation = 0
+        self.reconnects = 0  # how many times a dropped connection was re-established
+        self._fetch_dirs_ok: set[bytes] = set()
+        self._connect()
+
+    @classmethod
+    def from_config(cls, cfg: SourceConfig, **options: Any) -> SshSource:
+        url = cfg.url
+        return cls(url.host, url.port, url.user, known_hosts=cfg.known_hosts,
+                   identity_file=cfg.identity_file, host_key_fingerprint=cfg.host_key_fingerprint,
+                   **options)
+
+    def describe(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}"
+
+    @property
+    def mode(self) -> str:
+        """``"shell"`` (streamed commands) or ``"sftp"`` (the fallback)."""
+        return "shell" if self._live().shell else "sftp"
+
+    # -- connection ---------------------------------------------------------
+
+    def _connect(self) -> _Conn:
+        where = self.describe()
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except OSError as error:
+            raise _Lost(f"{where}: cannot connect: {error.strerror or error}") from None
+        transport = paramiko.Transport(sock)
+        try:
+            transport.banner_timeout = self.connect_timeout
+            transport.handshake_timeout = self.connect_timeout
+            transport.auth_timeout = self.connect_timeout
+            known_types = self._known_key_types()
+            if known_types and not self.pinned:
+                opts = transport.get_security_options()
+                preferred = [t for t in opts.key_types if _key_family(t) in known_types]
+                opts.key_types = preferred + [t for t in opts.key_types if t not in preferred]
+            try:
+                transport.start_client(timeout=self.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as error:
+                raise _Lost(f"{where}: SSH handshake failed: {error}") from None
+            self._verify_host_key(transport.get_remote_server_key())
+            self._authenticate(transport)
+            transport.set_keepalive(self.keepalive)
+        except BaseException:
+            transport.close()
+            raise
+        self._generation += 1
+        conn = _Conn(transport, self._generation)
+        self._conn = conn
+        if not self.force_sftp:
+            self._probe(conn)
+        log.debug("connected to %s (%s)", where, "shell" if conn.shell else "sftp")
+        return conn
+
+    def _live(self) -> _Conn:
+        conn = self._conn
+        if conn is None or not conn.transport.is_active():
+            conn = self._reconnect(None)
+        return conn
+
+    def _reconnect(self, failed: _Conn | None, why: str = "connection lost") -> _Conn:
+        """Re-establish the connection with exponential backoff (unless already done)."""
+        if failed is not None and self._conn is not None and self._conn is not failed \
+                and self._conn.transport.is_active():
+            return self._conn
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        delay = self.backoff
+        last = why
+        for attempt in range(1, self.retries + 1):
+            log.warning("%s: %s; reconnecting (attempt %d of %d) in %.1fs",
+                        self.describe(), last, attempt, self.retries, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            try:
+                conn = self._connect()
+            except _Lost as error:
+                last = str(error)
+                continue
+            self.reconnects += 1
+            return conn
+        raise TransportError(f"{self.describe()}: connection lost and not re-established after "
+                             f"{self.retries} attempts: {last}",
+                             hint="check the network and the source's sshd, then run the pass again")
+
+    def _known_key_types(self) -> set[str]:
+        entry = self._host_keys()[0].lookup(self._host_key_name())
+        return {_key_family(t) for t in entry.keys()} if entry else set()
+
+    def _host_key_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _host_keys(self) -> tuple[paramiko.HostKeys, set[bytes]]:
+        """known_hosts entries and the blobs of ``@revoked`` keys."""
+        keys = paramiko.HostKeys()
+        revoked: set[bytes] = set()
+        try:
+            with open(self.known_hosts, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return keys, revoked
+        except OSError as error:
+            raise HostKeyError(f"{self.known_hosts}: cannot read known_hosts: {error.strerror}") from None
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("@"):
+                fields = line.split()
+                if fields[0] == "@revoked" and len(fields) >= 4:
+                    try:
+                        revoked.add(base64.b64decode(fields[3]))
+                    except ValueError:
+                        pass
+                continue  # @cert-authority: certificates are not supported, never trusted
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            except Exception:  # noqa: BLE001 - a malformed line is skipped, as OpenSSH does
+                entry = None
+            if entry is None:
+                continue
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+        return keys, revoked
+
+    def _verify_host_key(self, key: paramiko.PKey) -> None:
+        offered, fp = key.get_name(), fingerprint(key)
+        where = self.describe()
+        trust_hint = (f"verify {fp} with the server's administrator (on the server: ssh-keygen -lf "
+                      f"/etc/ssh/ssh_host_*_key.pub), then run: ssh-keyscan -p {self.port} {self.host} "
+                      f">> {self.known_hosts}   (or set host_key_fingerprint = \"{fp}\" in [source])")
+        if self.pinned is not None:
+            if fp != self.pinned:
+                raise HostKeyError(f"{where}: host key mismatch: the server offered {offered} {fp}, "
+                                   f"the configuration pins {self.pinned}",
+                                   hint="if the server's key really changed, verify it and update "
+                                        "host_key_fingerprint in [source]")
+            return
+        known, revoked = self._host_keys()
+        if key.asbytes() in revoked:
+            raise HostKeyError(f"{where}: the server offered {offered} {fp}, which {self.known_hosts} "
+                               "marks @revoked")
+        name = self._host_key_name()
+        entry = known.lookup(name)
+        if entry is None:
+            raise HostKeyError(f"{where}: host key unknown: the server offered {offered} {fp}; "
+                               f"{name} is not in {self.known_hosts}", hint=trust_hint)
+        expected = entry.get(offered)
+        if expected is not None and expected.asbytes() == key.asbytes():
+            return
+        have = ", ".join(f"{t} {fingerprint(k)}" for t, k in entry.items())
+        raise HostKeyError(
+            f"{where}: HOST KEY CHANGED: the server offered {offered} {fp}, but {self.known_hosts} "
+            f"has {have} for {name}; refusing (a man-in-the-middle is possible)",
+            hint=f"if the change is expected, verify the new key, then run: ssh-keygen -R '{name}' "
+                 f"-f {self.known_hosts}; ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}")
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        where = f"{self.user}@{self.host}:{self.port}"
+        keys: list[paramiko.PKey] = []
+        if self.identity_file:
+            try:
+                keys.append(paramiko.PKey.from_path(self.identity_file))
+            except FileNotFoundError:
+                raise TransportError(f"{self.identity_file}: identity file not found") from None
+            except paramiko.PasswordRequiredException:
+                raise TransportError(f"{self.identity_file}: identity file is passphrase-protected",
+                                     hint="load it into ssh-agent and leave identity_file unset") from None
+            except (paramiko.SSHException, OSError, ValueError) as error:
+                raise TransportError(f"{self.identity_file}: cannot load identity file: {error}") from None
+        else:
+            try:
+                keys.extend(paramiko.Agent().get_keys())
+            except paramiko.SSHException:
+                pass
+            for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
+                path = os.path.expanduser(f"~/.ssh/{name}")
+                if os.path.exists(path):
+                    try:
+                        keys.append(paramiko.PKey.from_path(path))
+                    except (paramiko.SSHException, OSError, ValueError):
+                        continue
+        if not keys:
+            raise TransportError(f"{where}: no key to authenticate with",
+                                 hint="set identity_file in [source] or add a key to ssh-agent")
+        for key in keys:
+            try:
+                transport.auth_publickey(self.user, key)
+            except paramiko.AuthenticationException:
+                continue
+            except (paramiko.SSHException, EOFError, OSError) as error:
+                raise _Lost(f"{where}: authentication interrupted: {error}") from None
+            if transport.is_authenticated():
+                return
+        raise TransportError(f"{where}: authentication refused for every key offered",
+                             hint="is the public key in the server's authorized_keys?")
+
+    def _probe(self, conn: _Conn) -> None:
+        """Find out once per connection whether GNU find/xargs/tar/sha256sum can be run."""
+        try:
+            out, _err, _status = self._run(conn, _remote.PROBE, b"", limit=4096)
+        except (_Lost, TransportError):
+            if not conn.transport.is_active():
+                raise
+            out = b""  # exec refused, or the "shell" is an SFTP server: fall back
+        lines = set(out.split(b"\n"))
+        conn.shell = b"Pd" in lines and b"Xa" in lines and b"E" in lines
+        conn.tar = conn.shell and b"T" in lines
+        conn.sha256sum = conn.shell and b"S" in lines
+
+    # -- channels -----------------------------------------------------------
+
+    def _open(self, conn: _Conn, command: str, stdin: bytes | None) -> paramiko.Channel:
+        """Start ``command``; send all of ``stdin`` (bounded by the window) then EOF."""
+        try:
+            chan = conn.transport.open_session(timeout=self.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as error:
+            raise _Lost(f"cannot open a channel: {error}") from None
+        try:
+            chan.settimeout(self.io_timeout)
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+        except (paramiko.SSHException, EOFError, OSError) as error:
+            chan.close()
+            if not conn.transport.is_active():
+                raise _Lost(f"connection lost starting a command: {error}") from None
+            raise TransportError(f"{self.describe()}: the server refused to run a command: {error}") \
+                from None
+        return chan
+
+    def _recv(self, chan: paramiko.Channel, errbuf: bytearray) -> Callable[[int], bytes]:
+        """A ``recv(n)`` that drains stderr (so it never blocks the remote) and maps failures."""
+
+        def recv(n: int) -> bytes:
+            try:
+                data = chan.recv(n)
+                while chan.recv_stderr_ready():
+                    err = chan.recv_stderr(65536)
+                    if len(errbuf) < 65536:
+                        errbuf.extend(err)
+            except socket.timeout:
+                raise _Lost(f"no data from the source for {self.io_timeout:.0f}s") from None
+            except (paramiko.SSHException, EOFError, OSError) as error:
+                raise _Lost(str(error)) from None
+            if not data:
+                self._finish(chan, errbuf)
+            return data
+
+        return recv
+
+    def _finish(self, chan: paramiko.Channel, errbuf: bytearray) -> int:
+        """After stdout's EOF: collect stderr and the exit status; a missing status means lost."""
+        deadline = time.monotonic() + self.io_timeout
+        while not chan.status_event.is_set():
+            if time.monotonic() > deadline:
+                raise _Lost("the remote command did not finish")
+            chan.status_event.wait(0.2)
+        try:
+            while chan.recv_stderr_ready():
+                errbuf.extend(chan.recv_stderr(65536))
+        except (socket.timeout, OSError, EOFError):
+            pass
+        status = chan.exit_status
+        transport = chan.get_transport()
+        if status == -1 and (transport is None or not transport.is_active() or chan.closed):
+            raise _Lost("the connection closed before the command finished")
+        return status
+
+    def _run(self, conn: _Conn, command: str, stdin: bytes, limit: int | None = None
+             ) -> tuple[bytes, bytes, int]:
+        """Run a short command to completion: (stdout, stderr, exit status)."""
+        chan = self._open(conn, command, stdin)
+        errbuf = bytearray()
+        recv = self._recv(chan, errbuf)
+        out = bytearray()
+        try:
+            while chunk := recv(65536):
+                out += chunk
+                if limit is not None and len(out) > limit:
+                    break
+            status = chan.exit_status if chan.status_event.is_set() else -1
+        finally:
+            chan.close()
+        return bytes(out), bytes(errbuf), status
+
+    def _check(self, what: str, status: int, errbuf: bytes) -> None:
+        """Fail on a real error; files that vanished or changed under us are not errors."""
+        if status == _remote.EXIT_NO_ROOT:
+            raise TransportError(f"{self.describe()}: {what}: cannot enter the directory on the source")
+        if status in (0, -1):
+            return
+        line = _remote.fatal_stderr(errbuf)
+        if line is not None:
+            raise TransportError(f"{self.describe()}: {what} failed on the source: {line}")
+
+    def _safe(self, conn: _Conn, root: str, paths: list[bytes]) -> list[bytes]:
+        """Drop paths below an ancestor that is no longer a real directory.
+
+        The kernel follows a symlink in the middle of a path, so a directory
+        swapped for a link since the listing could lead outside the tree;
+        such paths are then reported as vanished, never read. (A swap racing
+        this check is not covered: that needs root on the source.)
+        """
+        prefixes = _remote.ancestors(paths)
+        if not prefixes:
+            return paths
+        out, err, status = self._run(conn, _remote.not_dirs_command(root), _remote.stdin_paths(prefixes))
+        self._check(f"checking directories in {root}", status, err)
+        bad = {_remote.strip_dot(p) for p in out.split(b"\0") if p}
+        return [p for p in paths if not _remote.under(p, bad)] if bad else paths
+
+    def _start(self, command: str, root: str) -> Callable[[_Conn, list[Any]], paramiko.Channel]:
+        def start(conn: _Conn, batch: list[Any]) -> paramiko.Channel:
+            paths = [i.path if isinstance(i, Entry) else i for i in batch]
+            return self._open(conn, command, _remote.stdin_paths(self._safe(conn, root, paths)))
+        return start
+
+    # -- the resumable, pipelined batch driver ------------------------------
+
+    def _batches(self, items: Iterable[T], path_of: Callable[[T], bytes],
+                 size_of: Callable[[T], int] | None = None) -> Iterator[list[T]]:
+        batch: list[T] = []
+        nbytes = nsize = 0
+        for item in items:
+            path = path_of(item)
+            check_relpath(path)
+            batch.append(item)
+            nbytes += len(path) + 3
+            nsize += size_of(item) if size_of else 0
+            if len(batch) >= self.batch_files or nbytes >= _STDIN_LIMIT or nsize >= self.batch_bytes:
+                yield batch
+                batch, nbytes, nsize = [], 0, 0
+        if batch:
+            yield batch
+
+    def _drive(
+        self,
+        batches: Iterator[list[T]],
+        start: Callable[[_Conn, list[T]], Any],
+        parse: Callable[[_Conn, Any, list[T]], Iterator[tuple[int, Any]]],
+        key: Callable[[Any], bytes],
+    ) -> Iterator[Any]:
+        """Run ``start``/``parse`` per batch, the next batch started before this one is parsed.
+
+        ``parse`` yields ``(index in the sub-list, value)`` in input order. On a
+        lost connection the batch is redone from the first item not known to be
+        complete, skipping values (by ``key``) already yielded for that item.
+        """
+        nxt: tuple[list[T], Any, int] | None = None  # (batch, started handle, generation)
+        try:
+            pending = next(batches, None)
+            while pending is not None:
+                batch, done, seen = pending, 0, set()
+                pending = None
+                attempts = 0
+                while True:
+                    conn = self._live()
+                    try:
+                        if nxt is not None and nxt[0] is batch and nxt[2] == conn.generation and done == 0:
+                            handle = nxt[1]
+                        else:
+                            handle = start(conn, batch[done:])
+                        nxt = None
+                        if pending is None:
+                            pending = next(batches, None)
+                        if pending is not None:
+                            nxt = (pending, start(conn, pending), conn.generation)
+                        base = current = done
+                        for idx, value in parse(conn, handle, batch[base:]):
+                            if base + idx != current:
+                                current, seen = base + idx, set()
+                            done = current
+                            k = key(value)
+                            if k in seen:
+                                continue
+                            seen.add(k)
+                            yield value
+                        break
+                    except _Lost as error:
+                        attempts += 1
+                        if attempts > self.retries:
+                            raise TransportError(f"{self.describe()}: {error}") from None
+                        nxt = None
+                        self._reconnect(conn, str(error))
+        finally:
+            if nxt is not None and nxt[1] is not None:
+                nxt[1].close()
+
+    # -- listing ------------------------------------------------------------
+
+    def walk(
+        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = ()
+    ) -> Iterator[Entry]:
+        """One streamed ``find`` (or an SFTP walk); resumable only until the first entry."""
+        root = check_root(root)
+        pats = list(only_dirs_and)
+        pruned = [check_relpath(p) for p in prune]
+        yielded = False
+        attempts = 0
+        while True:
+            conn = self._live()
+            try:
+                if conn.shell:
+                    it = self._walk_shell(conn, root, pats, pruned)
+                else:
+                    it = self._walk_sftp(conn, root, glob_matcher(pats), set(pruned))
+                for entry in it:
+                    yielded = True
+                    yield entry
+                return
+            except _Lost as error:
+                attempts += 1
+                if yielded or attempts > self.retries:
+                    raise TransportError(f"{self.describe()}: connection lost while listing {root}: {error}",
+                                         hint="run the pass again; it resumes from what was copied") from None
+                self._reconnect(conn, str(error))
+
+    def _walk_shell(self, conn: _Conn, root: str, pats: list[bytes], pruned: list[bytes]) -> Iterator[Entry]:
+        chan = self._open(conn, _remote.walk_command(root, pats, pruned), None)
+        errbuf = bytearray()
+        recv = self._recv(chan, errbuf)
+        try:
+            yield from _remote.parse_records(iter(lambda: recv(1 << 18), b""))
+            self._check(f"listing {root}", chan.exit_status, bytes(errbuf))
+        except ValueError as error:
+            raise _Lost(str(error)) from None
+        finally:
+            chan.close()
+
+    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
+        root = check_root(root)
+        conn = self._live()
+        if not conn.shell:
+            yield from self._sftp_items(dirs, lambda c, d: self._sftp_list(c, root, d), root, lambda d: [])
+            return
+
+        def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry]]:
+            index = {d: i for i, d in enumerate(batch)}
+            for entry in self._stream(chan, f"listing in {root}"):
+                parent = entry.path.rpartition(b"/")[0]
+                if parent in index:
+                    yield index[parent], entry
+
+        yield from self._drive(
+            self._batches(dirs, lambda d: d),
+            self._start(_remote.list_command(root), root),
+            parse, key=lambda e: e.path)
+
+    def _stream(self, chan: paramiko.Channel, what: str) -> Iterator[Entry]:
+        errbuf = bytearray()
+        recv = self._recv(chan, errbuf)
+        try:
+            yield from _remote.parse_records(iter(lambda: recv(1 << 18), b""))
+        except ValueError as error:
+            raise _Lost(str(error)) from None
+        finally:
+            chan.close()
+        self._check(what, chan.exit_status, bytes(errbuf))
+
+    def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
+        root = check_root(root)
+        conn = self._live()
+        if not conn.shell:
+            yield from self._sftp_items(paths, lambda c, p: [self._sftp_stat(c, root, p)], root, lambda p: [p])
+            return
+
+        def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry | bytes]]:
+            pos = 0
+            for entry in self._stream(chan, f"stat in {root}"):
+                pos = yield from _catch_up(batch, pos, entry.path)
+                yield pos, entry
+                pos += 1
+            for i in range(pos, len(batch)):
+                yield i, batch[i]
+
+        yield from self._drive(
+            self._batches(paths, lambda p: p),
+            self._start(_remote.stat_command(root), root),
+            parse, key=_key)
+
+    def checksum(self, root: str, paths: Iterable[bytes]) -> Iterator[tuple[bytes, str | None]]:
+        root = check_root(root)
+        conn = self._live()
+        if not conn.sha256sum:
+            yield from self._sftp_items(paths, lambda c, p: [(p, self._sftp_sha256(c, root, p))], root,
+                                        lambda p: [(p, None)])
+            return
+
+        def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]
+                  ) -> Iterator[tuple[int, tuple[bytes, str | None]]]:
+            errbuf = bytearray()
+            recv = self._recv(chan, errbuf)
+            pos = 0
+            rest = b""
+            try:
+                for chunk in iter(lambda: recv(65536), b""):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        try:
+                            path, digest = _remote.parse_sha256_line(line)
+                        except ValueError as error:
+                            raise TransportError(f"{self.describe()}: checksum: {error}") from None
+                        for i in range(pos, len(batch)):
+                            if batch[i] == path:
+                                break
+                        else:
+                            raise TransportError(f"{self.describe()}: checksum: unexpected path {path!r}")
+                        for j in range(pos, i):
+                            yield j, (batch[j], None)
+                        yield i, (path, digest)
+                        pos = i + 1
+            finally:
+                chan.close()
+            self._check(f"checksum in {root}", chan.exit_status, bytes(errbuf))
+            for j in range(pos, len(batch)):
+                yield j, (batch[j], None)
+
+        yield from self._drive(
+            self._batches(paths, lambda p: p),
+            self._start(_remote.checksum_command(root), root),
+            parse, key=lambda v: v[0])
+
+    # -- fetching -----------------------------------------------------------
+
+    def fetch(self, root: str, paths: Iterable[bytes | Entry]) -> Iterator[Fetched | bytes]:
+        """Files in order: tar batches, and SFTP with prefetch for large files.
+
+        Items may be bare paths or the Entries a listing gave: an Entry's size
+        bounds the batch by bytes and sends a file over ``large_file`` by SFTP,
+        and its ``mtime_ns`` restores nanoseconds SFTP cannot carry.
+        """
+        root = check_root(root)
+        conn = self._live()
+        use_tar = conn.tar
+        self._fetch_dirs_ok: set[bytes] = set()
+
+        def path_of(item: bytes | Entry) -> bytes:
+            return item.path if isinstance(item, Entry) else item
+
+        def size_of(item: bytes | Entry) -> int:
+            return item.size if isinstance(item, Entry) else 0
+
+        def is_large(item: bytes | Entry) -> bool:
+            return isinstance(item, Entry) and item.size > self.large_file
+
+        def batches() -> Iterator[list[bytes | Entry]]:
+            small: list[bytes | Entry] = []
+            for batch in self._batches(paths, path_of, size_of):
+                for item in batch:
+                    if is_large(item) or not use_tar:
+                        if small:
+                            yield small
+                            small = []
+                        yield [item]
+                    else:
+                        small.append(item)
+                if small:
+                    yield small
+                    small = []
+
+        tar_start = self._start(_remote.tar_command(root), root)
+
+        def start(conn: _Conn, batch: list[bytes | Entry]) -> Any:
+            if len(batch) == 1 and (is_large(batch[0]) or not use_tar):
+                return None  # SFTP: nothing to start ahead
+            return tar_start(conn, batch)
+
+        def parse(conn: _Conn, chan: Any, batch: list[bytes | Entry]) -> Iterator[tuple[int, Fetched | bytes]]:
+            if chan is None:
+                yield 0, self._sftp_fetch(conn, root, batch[0])
+                return
+            yield from self._parse_tar(conn, chan, root, [path_of(i) for i in batch])
+
+        yield from self._drive(batches(), start, parse, key=_key)
+
+    def _parse_tar(self, conn: _Conn, chan: paramiko.Channel, root: str, batch: list[bytes]
+                   ) -> Iterator[tuple[int, Fetched | bytes]]:
+        errbuf = bytearray()
+        recv = self._recv(chan, errbuf)
+        stream = TarStream(recv)
+        pos = 0
+        try:
+            while True:
+                try:
+                    member = stream.next()
+                except EOFError as error:
+                    raise _Lost(str(error)) from None
+                except TarFormatError as error:
+                    raise TransportError(f"{self.describe()}: fetching from {root}: bad tar stream: {error}") \
+                        from None
+                if member is None:
+                    break
+                path = _remote.strip_dot(member.path)
+                pos = yield from _catch_up(batch, pos, path)
+                if not member.is_file:
+                    yield pos, path
+                    pos += 1
+                    continue
+                entry = Entry(path=path, kind="f", size=member.size, mtime_ns=member.mtime_ns,
+                              mode=member.mode)
+                if member.size <= _BUFFER_LIMIT:
+                    data = _read_all(stream, member.size)
+                    yield pos, _buffered(entry, data)
+                else:
+                    yield pos, self._streamed(stream, entry, root)
+                    stream.skip_data()
+                pos += 1
+            while recv(65536):  # the rest after the end-of-archive blocks, then EOF
+                pass
+        finally:
+            chan.close()
+        self._check(f"fetching from {root}", chan.exit_status, bytes(errbuf))
+        for i in range(pos, len(batch)):
+            yield i, batch[i]
+
+    def _streamed(self, stream: TarStream, entry: Entry, root: str) -> Fetched:
+        """A big tar member handed out as it arrives; a drop mid-file resumes by SFTP at the offset."""
+        offset = 0
+        resumed: Callable[[int], bytes] | None = None
+
+        def read(n: int = _MiB) -> bytes:
+            nonlocal offset, resumed
+            if resumed is not None:
+                data = resumed(n)
+            else:
+                try:
+                    data = stream.read(n)
+                except (_Lost, EOFError) as error:
+                    resumed = self._resume(root, entry, offset, str(error))
+                    data = resumed(n)
+            offset += len(data)
+            return data
+
+        def skip() -> None:
+            nonlocal offset
+            offset = entry.size
+            if resumed is None:
+                try:
+                    stream.skip_data()
+                except (_Lost, EOFError):
+                    pass
+
+        return Fetched(entry=entry, read=read, skip=skip)
+
+    def _resume(self, root: str, entry: Entry, offset: int, why: str) -> Callable[[int], bytes]:
+        """Continue reading ``entry`` at ``offset`` over a new connection, if the file is unchanged."""
+        conn = self._reconnect(self._conn, why)
+        sftp = conn.sftp(self.io_timeout)
+        full = _full(root, entry.path)
+        try:
+            st = sftp.lstat(full)
+            if (not stat_mod.S_ISREG(st.st_mode or 0) or st.st_size != entry.size
+                    or int(st.st_mtime or 0) != entry.mtime_ns // 1_000_000_000):
+                raise TransportError(f"{self.describe()}: {_show(entry.path)} changed while the "
+                                     "connection was down; fetch it again")
+            f = sftp.open(full, "rb")
+            f.seek(offset)
+            f.prefetch(entry.size - offset)
+        except OSError as error:
+            raise TransportError(f"{self.describe()}: resuming {_show(entry.path)}: {error}") from None
+        remaining = entry.size - offset
+
+        def read(n: int) -> bytes:
+            nonlocal remaining
+            if remaining <= 0:
+                f.close()
+                return b""
+            try:
+                data = f.read(min(n, remaining))
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                raise TransportError(f"{self.describe()}: reading {_show(entry.path)}: {error}") from None
+            remaining -= len(data)
+            if not data:
+                remaining = 0
+            return data
+
+        return read
+
+    # -- SFTP fallback ------------------------------------------------------
+
+    def _sftp_items(self, items: Iterable[T], one: Callable[[_Conn, T], Iterable[Any]],
+                    root: str, gone: Callable[[T], Iterable[Any]]) -> Iterator[Any]:
+        """Per-item SFTP operations, each retried after a reconnect (they are idempotent)."""
+        dirs_ok: set[bytes] = set()  # ancestors verified to be real directories
+        for item in items:
+            check_relpath(item.path if isinstance(item, Entry) else item)  # type: ignore[arg-type]
+            attempts = 0
+            while True:
+                conn = self._live()
+                try:
+                    if len(dirs_ok) > 10000:
+                        dirs_ok.clear()
+                    path = item.path if isinstance(item, Entry) else item
+                    if not self._sftp_dirs_ok(conn, root, path, dirs_ok):  # type: ignore[arg-type]
+                        values = list(gone(item))
+                        break
+                    values = list(one(conn, item))
+                    break
+                except _Lost as error:
+                    attempts += 1
+                    if attempts > self.retries:
+                        raise TransportError(f"{self.describe()}: {error}") from None
+                    self._reconnect(conn, str(error))
+            yield from values
+
+    def _sftp_dirs_ok(self, conn: _Conn, root: str, path: bytes, dirs_ok: set[bytes]) -> bool:
+        """lstat each ancestor of ``path`` (once per batch of work): SFTP, too, follows links mid-path."""
+        for prefix in _remote.ancestors([path]):
+            if prefix in dirs_ok:
+                continue
+            try:
+                st = self._sftp_call(lambda: conn.sftp(self.io_timeout).lstat(_full(root, prefix)))
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if not stat_mod.S_ISDIR(st.st_mode or 0):
+                return False
+            dirs_ok.add(prefix)
+        return True
+
+    def _sftp_call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except PermissionError as error:
+            raise TransportError(f"{self.describe()}: permission denied: {error}") from None
+        except (EOFError, socket.timeout, paramiko.SSHException, ConnectionError) as error:
+            raise _Lost(f"SFTP: {error}") from None
+        except OSError as error:
+            conn = self._conn
+            if conn is None or not conn.transport.is_active() or "closed" in str(error).lower():
+                raise _Lost(f"SFTP: {error}") from None
+            raise TransportError(f"{self.describe()}: SFTP: {error}") from None
+
+    def _sftp_listdir(self, conn: _Conn, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
+        """READDIR with raw byte names (paramiko's listdir decodes UTF-8 and fails otherwise)."""
+        sftp = conn.sftp(self.io_timeout)
+
+        def run() -> list[tuple[bytes, SFTPAttributes]]:
+            t, msg = sftp._request(CMD_OPENDIR, path)
+            if t != CMD_HANDLE:
+                raise _Lost("SFTP: expected a handle")
+            handle = msg.get_binary()
+            out: list[tuple[bytes, SFTPAttributes]] = []
+            try:
+                while True:
+                    try:
+                        t, msg = sftp._request(CMD_READDIR, handle)
+                    except EOFError:
+                        break
+                    for _ in range(msg.get_int()):
+                        name = msg.get_string()
+                        longname = msg.get_string()
+                        attr = SFTPAttributes._from_msg(msg, name, longname)
+                        if name not in (b".", b".."):
+                            out.append((name, attr))
+            finally:
+                sftp._request(CMD_CLOSE, handle)
+            return out
+
+        return self._sftp_call(run)
+
+    def _sftp_entry(self, conn: _Conn, full: bytes, rel: bytes, attr: SFTPAttributes) -> Entry:
+        mode = attr.st_mode or 0
+        link = None
+        if stat_mod.S_ISLNK(mode):
+            target = self._sftp_call(lambda: conn.sftp(self.io_timeout).readlink(full))
+            link = target.encode("utf-8", "surrogateescape") if isinstance(target, str) else target
+        return Entry(path=rel, kind=kind_of(mode), size=attr.st_size or 0,
+                     mtime_ns=int(attr.st_mtime or 0) * 1_000_000_000, mode=mode & 0o7777, link=link)
+
+    def _walk_sftp(self, conn: _Conn, root: str, match: Callable[[bytes], bool] | None,
+                   pruned: set[bytes]) -> Iterator[Entry]:
+        base = root.encode()
+        try:
+            st = self._sftp_call(lambda: conn.sftp(self.io_timeout).stat(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if not stat_mod.S_ISDIR(st.st_mode or 0) or b"" in pruned:
+            return
+        yield self._sftp_entry(conn, base, b"", st)
+        stack = [b""]
+        while stack:
+            rel = stack.pop()
+            try:
+                children = self._sftp_listdir(conn, _full(root, rel))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            subdirs = []
+            for name, attr in children:
+                path = join(rel, name)
+                if stat_mod.S_ISDIR(attr.st_mode or 0):
+                    if path in pruned:
+                        continue
+                    yield self._sftp_entry(conn, _full(root, path), path, attr)
+                    subdirs.append(path)
+                elif match is None or match(name):
+                    yield self._sftp_entry(conn, _full(root, path), path, attr)
+            stack.extend(reversed(subdirs))
+
+    def _sftp_list(self, conn: _Conn, root: str, rel: bytes) -> list[Entry]:
+        full = _full(root, rel)
+        try:
+            st = self._sftp_call(lambda: conn.sftp(self.io_timeout).lstat(full))
+            if rel and not stat_mod.S_ISDIR(st.st_mode or 0):
+                return []  # became a symlink or a file: never followed
+            children = self._sftp_listdir(conn, full)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [self._sftp_entry(conn, _full(root, join(rel, n)), join(rel, n), a) for n, a in children]
+
+    def _sftp_stat(self, conn: _Conn, root: str, rel: bytes) -> Entry | bytes:
+        full = _full(root, rel)
+        try:
+            st = self._sftp_call(lambda: conn.sftp(self.io_timeout).lstat(full) if rel
+                                 else conn.sftp(self.io_timeout).stat(full))
+            return self._sftp_entry(conn, full, rel, st)
+        except (FileNotFoundError, NotADirectoryError):
+            return rel
+
+    def _sftp_open(self, conn: _Conn, root: str, rel: bytes) -> tuple[Any, SFTPAttributes] | None:
+        """Open a regular file (lstat first: a symlink's target is never read)."""
+        full = _full(root, rel)
+        sftp = conn.sftp(self.io_timeout)
+        try:
+            st = self._sftp_call(lambda: sftp.lstat(full))
+            if not stat_mod.S_ISREG(st.st_mode or 0):
+                return None
+            f = self._sftp_call(lambda: sftp.open(full, "rb"))
+            fst = self._sftp_call(f.stat)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat_mod.S_ISREG(fst.st_mode or 0) or fst.st_size != st.st_size:
+            f.close()
+            return None  # swapped for something else between lstat and open
+        return f, fst
+
+    def _sftp_fetch(self, conn: _Conn, root: str, item: bytes | Entry) -> Fetched | bytes:
+        rel = item.path if isinstance(item, Entry) else item
+        if len(self._fetch_dirs_ok) > 10000:
+            self._fetch_dirs_ok.clear()
+        if not self._sftp_dirs_ok(conn, root, rel, self._fetch_dirs_ok):
+            return rel
+        opened = self._sftp_open(conn, root, rel)
+        if opened is None:
+            return rel
+        f, st = opened
+        mtime_ns = int(st.st_mtime or 0) * 1_000_000_000
+        if isinstance(item, Entry) and item.size == st.st_size and item.mtime_ns // 1_000_000_000 == st.st_mtime:
+            mtime_ns = item.mtime_ns  # the listing's nanoseconds, same second and size
+        entry = Entry(path=rel, kind="f", size=st.st_size or 0, mtime_ns=mtime_ns, mode=(st.st_mode or 0) & 0o7777)
+        if entry.size <= _BUFFER_LIMIT:
+            try:
+                data = self._sftp_call(lambda: f.read(entry.size))
+            finally:
+                f.close()
+            return _buffered(entry, data[:entry.size])
+        f.prefetch(entry.size)
+        offset = 0
+        resumed: Callable[[int], bytes] | None = None
+
+        def read(n: int = _MiB) -> bytes:
+            nonlocal offset, resumed
+            if offset >= entry.size:
+                f.close()
+                return b""
+            if resumed is not None:
+                data = resumed(n)
+            else:
+                try:
+                    data = self._sftp_call(lambda: f.read(min(n, entry.size - offset)))
+                except _Lost as error:
+                    resumed = self._resume(root, entry, offset, str(error))
+                    data = resumed(n)
+            offset += len(data)
+            if not data:
+                offset = entry.size
+            return data
+
+        def skip() -> None:
+            nonlocal offset
+            offset = entry.size
+            f.close()
+
+        return Fetched(entry=entry, read=read, skip=skip)
+
+    def _sftp_sha256(self, conn: _Conn, root: str, rel: bytes) -> str | None:
+        opened = self._sftp_open(conn, root, rel)
+        if opened is None:
+            return None
+        f, st = opened
+        digest = hashlib.sha256()
+        try:
+            f.prefetch(st.st_size or 0)
+            while chunk := self._sftp_call(lambda: f.read(_MiB)):
+                digest.update(chunk)
+        finally:
+            f.close()
+        return digest.hexdigest()
+
+    # -- processes ----------------------------------------------------------
+
+    def cyrus_processes(self) -> list[str]:
+        """Exact command lines of running Cyrus processes (``ps``; /proc over SFTP without a shell)."""
+        attempts = 0
+        while True:
+            conn = self._live()
+            try:
+                return [line for line in self._command_lines(conn) if _is_cyrus(line)]
+            except _Lost as error:
+                attempts += 1
+                if attempts > self.retries:
+                    raise TransportError(f"{self.describe()}: {error}") from None
+                self._reconnect(conn, str(error))
+
+    def _command_lines(self, conn: _Conn) -> list[str]:
+        if conn.shell:
+            out, err, status = self._run(conn, _remote.PS_COMMAND, b"")
+            if status != 0:
+                raise TransportError(f"{self.describe()}: ps failed: {err.decode(errors='replace').strip()}")
+            lines = out.decode("utf-8", "replace").splitlines()
+            return [l.strip() for l in lines[1:] if l.strip()]  # first line: the header
+        sftp = conn.sftp(self.io_timeout)
+        try:
+            pids = [n for n, _a in self._sftp_listdir(conn, b"/proc") if n.isdigit()]
+        except FileNotFoundError:
+            raise TransportError(f"{self.describe()}: cannot list processes: no shell and no /proc",
+                                 hint="stop Cyrus on the source and check by hand") from None
+        lines = []
+        for pid in pids:
+            try:
+                with self._sftp_call(lambda: sftp.open(b"/proc/" + pid + b"/cmdline", "rb")) as f:
+                    raw = self._sftp_call(lambda: f.read(65536))
+            except (FileNotFoundError, PermissionError, TransportError):
+                continue
+            if raw:
+                lines.append(raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace"))
+        return lines
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SshSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: Cyrus daemons by program name (``master`` only when it is not Postfix's).
+_CYRUS_PROGRAMS = {
+    "master", "cyrmaster", "cyrus-master", "imapd", "pop3d", "lmtpd", "lmtpproxyd", "proxyd",
+    "sync_client", "sync_server", "idled", "notifyd", "timsieved", "fud", "nntpd", "smmapd",
+    "mupdate", "ptloader", "squatter", "cyr_expire", "ctl_cyrusdb", "deliver", "backupd",
+}
+
+
+def _is_cyrus(line: str) -> bool:
+    argv0 = line.split(None, 1)[0] if line.strip() else ""
+    name = argv0.rsplit("/", 1)[-1].rstrip(":")
+    if name == "master":
+        return "postfix" not in line
+    if name == "httpd":
+        return "/cyrus" in argv0
+    return name in _CYRUS_PROGRAMS
+
+
+def _key_family(name: str) -> str:
+    """RSA host keys are negotiated as rsa-sha2-* but stored as ssh-rsa."""
+    return "ssh-rsa" if name.startswith("rsa-sha2-") else name
+
+
+def _full(root: str, rel: bytes) -> bytes:
+    base = root.encode().rstrip(b"/")
+    return base + b"/" + rel if rel else (base or b"/")
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _key(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, Entry):
+        return value.path
+    return value.entry.path  # Fetched
+
+
+def _catch_up(batch: list[bytes], pos: int, path: bytes) -> Iterator[tuple[int, bytes]]:
+    """Yield the items before ``path`` as vanished; return ``path``'s index (output is in input order)."""
+    for i in range(pos, len(batch)):
+        if batch[i] == path:
+            for j in range(pos, i):
+                yield j, batch[j]
+            return i
+    raise TransportError(f"the source answered for {_show(path)!r}, which was not asked for")
+
+
+def _read_all(stream: TarStream, size: int) -> bytes:
+    parts = []
+    left = size
+    while left:
+        try:
+            data = stream.read(left)
+        except EOFError as error:
+            raise _Lost(str(error)) from None
+        if not data:
+            raise _Lost("tar stream ended inside a file")
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
+
+
+def _buffered(entry: Entry, data: bytes) -> Fetched:
+    view = memoryview(data)
+    pos = 0
+
+    def read(n: int = _MiB) -> bytes:
+        nonlocal pos
+        out = bytes(view[pos:pos + n])
+        pos += len(out)
+        return out
+
+    def skip() -> None:
+        nonlocal pos
+        pos = len(data)
+
+    return Fetched(entry=entry, read=read, skip=skip)

@@ -1,0 +1,209 @@
+"""A real OpenSSH sshd on 127.0.0.1 for the tests (no mocks of paramiko or sshd).
+
+``sshd`` (session-scoped) starts ``/usr/sbin/sshd -D`` on a random free port
+with its own freshly generated host key, a client key, ``authorized_keys``
+and a temporary ``known_hosts`` holding the ``[127.0.0.1]:PORT`` entry. The
+object it yields can stop and restart the server and kill the per-connection
+sshd processes, which is how the tests drop a connection mid-stream.
+
+``sftp_only_sshd`` is a second server with ``ForceCommand internal-sftp``: an
+exec request gets an SFTP server instead of a shell, as on an account whose
+shell is refused, so the SFTP fallback runs for real.
+
+``source_config(server, ...)`` gives a :class:`spoolmig.config.SourceConfig`
+for either server; other test modules use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from spoolmig.config import ServerLayout, SourceConfig, SourceURL
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path, kind: str = "ed25519") -> str:
+    """Generate a key pair; return the public key line."""
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "spoolmig-test", "-f", str(path)],
+                   check=True, stdin=subprocess.DEVNULL)
+    return Path(str(path) + ".pub").read_text().strip()
+
+
+@dataclass
+class Sshd:
+    """One running sshd; ``stop``/``start`` keep the port and keys."""
+
+    workdir: Path
+    port: int
+    host_key: Path
+    identity_file: Path
+    known_hosts: Path
+    extra_config: str = ""
+    host: str = "127.0.0.1"
+    user: str = "root"
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}"
+
+    def host_key_line(self) -> str:
+        """The ``[host]:port keytype base64`` line a known_hosts file needs."""
+        kind, blob = Path(str(self.host_key) + ".pub").read_text().split()[:2]
+        return f"[{self.host}]:{self.port} {kind} {blob}"
+
+    def fingerprint(self) -> str:
+        """``SHA256:...`` of the host key, as ``ssh-keygen -lf`` prints it."""
+        out = subprocess.run(["ssh-keygen", "-lf", str(self.host_key) + ".pub"], check=True,
+                             capture_output=True, text=True).stdout
+        return out.split()[1]
+
+    def _write_config(self) -> Path:
+        config = self.workdir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\n"
+            f"ListenAddress {self.host}\n"
+            f"HostKey {self.host_key}\n"
+            f"PidFile {self.workdir / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {self.workdir / 'authorized_keys'}\n"
+            "UsePAM no\n"
+            "StrictModes no\n"
+            "PermitRootLogin prohibit-password\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "MaxStartups 100\n"
+            "MaxSessions 100\n"
+            "LogLevel ERROR\n"
+            "Subsystem sftp internal-sftp\n"
+            + self.extra_config
+        )
+        return config
+
+    def start(self) -> None:
+        """Start (or restart) the server and wait until it answers with a banner."""
+        if self.running():
+            return
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        config = self._write_config()
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.workdir / "sshd.log", "ab"))  # noqa: SIM115
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.workdir / 'sshd.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=2) as s:
+                    if s.recv(64).startswith(b"SSH-"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("sshd did not start listening")
+            time.sleep(0.05)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def session_pids(self) -> list[int]:
+        """Per-connection sshd processes (children of the listener)."""
+        if self.proc is None:
+            return []
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def kill_sessions(self) -> int:
+        """SIGKILL every live connection (the listener stays up); return how many."""
+        pids = self.session_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
+    def stop(self) -> None:
+        """Stop listening and drop every live connection."""
+        if self.proc is None:
+            return
+        children = self.session_pids()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc = None
+
+
+def make_sshd(workdir: Path, extra_config: str = "") -> Sshd:
+    """Fresh host and client keys, authorized_keys and known_hosts under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    host_key = workdir / "host_ed25519"
+    identity = workdir / "client_ed25519"
+    _keygen(host_key)
+    client_pub = _keygen(identity)
+    (workdir / "authorized_keys").write_text(client_pub + "\n")
+    server = Sshd(workdir=workdir, port=_free_port(), host_key=host_key, identity_file=identity,
+                  known_hosts=workdir / "known_hosts", extra_config=extra_config)
+    server.known_hosts.write_text(server.host_key_line() + "\n")
+    return server
+
+
+def source_config(server: Sshd, *, known_hosts: str | None = None, fingerprint: str | None = None,
+                  partitions: dict[str, str] | None = None, configdirectory: str = "/var/lib/imap",
+                  sievedir: str = "/var/lib/imap/sieve") -> SourceConfig:
+    """A SourceConfig pointing at ``server`` (paths are the remote, i.e. local, absolute paths)."""
+    layout = ServerLayout(version="auto", configdirectory=configdirectory, sievedir=sievedir,
+                          partitions=partitions or {"default": "/var/spool/imap"}, hashimapspool=False,
+                          fulldirhash=False, virtdomains=False, unixhierarchysep=False)
+    return SourceConfig(url=SourceURL("ssh", user=server.user, host=server.host, port=server.port),
+                        layout=layout, known_hosts=str(known_hosts or server.known_hosts),
+                        identity_file=str(server.identity_file), host_key_fingerprint=fingerprint)
+
+
+@contextlib.contextmanager
+def running_sshd(workdir: Path, extra_config: str = "") -> Iterator[Sshd]:
+    server = make_sshd(workdir, extra_config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd; tests that stop it must start it again (``server.start()``)."""
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sftp_only_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd on which every exec request gets internal-sftp (no shell)."""
+    with running_sshd(tmp_path_factory.mktemp("sshd-sftp"), "ForceCommand internal-sftp\n") as server:
+        yield server
