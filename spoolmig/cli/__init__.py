@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from spoolmig import __version__
 from spoolmig.errors import EXIT_CODES, LocalFileError, SpoolmigError
 
-from . import config_cmd, db_cmd, inspect_cmd, mboxlist_cmd, mirror_cmd
+from . import check_cmd, config_cmd, db_cmd, inspect_cmd, mboxlist_cmd, mirror_cmd
 
 log = logging.getLogger("spoolmig")
 
 #: Command groups in the order ``--help`` lists them.
-COMMAND_MODULES = (config_cmd, mirror_cmd, db_cmd, mboxlist_cmd, inspect_cmd)
+COMMAND_MODULES = (config_cmd, check_cmd, mirror_cmd, db_cmd, mboxlist_cmd, inspect_cmd)
 
 DESCRIPTION = """\
 Move a Cyrus IMAP server (2.2-3.4) to a new machine at the filesystem level.
