@@ -133,3 +133,62 @@ def layouts() -> Any:
         )
 
     return L
+
+
+class Report:
+    """What a structural check or a salvage found: problems (damage) and notes (not damage)."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[int | None, str]] = []
+        self.notes: list[tuple[int | None, str]] = []
+        self.records = 0
+
+    def problem(self, offset: int | None, text: str) -> None:
+        self.problems.append((offset, text))
+
+    def note(self, offset: int | None, text: str) -> None:
+        self.notes.append((offset, text))
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems
+
+
+class SortedState:
+    """Key -> value kept in comparator order (salvage needs "the key before X")."""
+
+    def __init__(self, order: Order) -> None:
+        self.sk = sort_key(order)
+        self.keys: list[bytes] = []  # sort keys
+        self.items: dict[bytes, tuple[bytes, bytes]] = {}  # sort key -> (key, value)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        import bisect
+
+        s = self.sk(key)
+        if s not in self.items:
+            bisect.insort(self.keys, s)
+        self.items[s] = (key, value)
+
+    def delete(self, key: bytes) -> bool:
+        import bisect
+
+        s = self.sk(key)
+        if s not in self.items:
+            return False
+        del self.items[s]
+        del self.keys[bisect.bisect_left(self.keys, s)]
+        return True
+
+    def before(self, key: bytes | None) -> bytes | None:
+        """The greatest key sorting before ``key`` (None: the greatest key)."""
+        import bisect
+
+        i = len(self.keys) if key is None else bisect.bisect_left(self.keys, self.sk(key))
+        return self.items[self.keys[i - 1]][0] if i else None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (self.items[s] for s in self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)

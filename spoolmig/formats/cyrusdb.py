@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
@@ -19,9 +20,10 @@ from typing import Any, Literal
 from spoolmig.errors import FormatError, LocalFileError, UnsupportedFormat
 
 from . import flat, skiplist, twoskip
-from ._binary import Order, sort_key
+from ._binary import Order, Report, sort_key
 
-__all__ = ["Backend", "Db", "Order", "build", "default_order", "detect", "open_file", "records", "sort_key"]
+__all__ = ["Backend", "Db", "Order", "Report", "build", "check", "default_order", "detect", "guess_backend",
+           "open_file", "records", "salvage", "sort_key"]
 
 Backend = Literal["skiplist", "twoskip", "flat"]
 BACKENDS: tuple[Backend, ...] = ("skiplist", "twoskip", "flat")
@@ -119,8 +121,8 @@ class Db:
 
 
 @contextlib.contextmanager
-def open_file(path: str | os.PathLike[str], *, backend: Backend | None = None) -> Iterator[Db]:
-    """Map ``path`` read-only; an empty file is an empty database."""
+def mapped(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """The bytes of ``path``, memory-mapped read-only (b"" for an empty file)."""
     name = os.fspath(path)
     try:
         fd = os.open(name, os.O_RDONLY)
@@ -128,21 +130,28 @@ def open_file(path: str | os.PathLike[str], *, backend: Backend | None = None) -
         raise LocalFileError(f"{name}: {error.strerror}") from None
     try:
         try:
-            size = os.fstat(fd).st_size
-            if os.path.isdir(name):
-                raise LocalFileError(f"{name}: is a directory")
-            buf: Any = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else b""
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise LocalFileError(f"{name}: not a regular file")
+            buf: Any = mmap.mmap(fd, info.st_size, access=mmap.ACCESS_READ) if info.st_size else b""
         except OSError as error:
             raise LocalFileError(f"{name}: {error.strerror}") from None
     finally:
         os.close(fd)
     try:
-        kind = backend or detect(buf, file=name)
-        yield Db(buf, name, kind)
+        yield buf
     finally:
         if isinstance(buf, mmap.mmap):
             with contextlib.suppress(BufferError):
                 buf.close()
+
+
+@contextlib.contextmanager
+def open_file(path: str | os.PathLike[str], *, backend: Backend | None = None) -> Iterator[Db]:
+    """Map ``path`` read-only and detect its backend; an empty file is an empty database."""
+    name = os.fspath(path)
+    with mapped(name) as buf:
+        yield Db(buf, name, backend or detect(buf, file=name))
 
 
 def build(backend: Backend, records: Iterable[tuple[bytes, bytes]], *, order: Order | None = None,
@@ -162,3 +171,36 @@ def build(backend: Backend, records: Iterable[tuple[bytes, bytes]], *, order: Or
     if backend == "flat":
         return flat.build(records, escape=flat_escape, order=chosen)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def check(buf: bytes | memoryview, *, file: str, backend: Backend | None = None) -> Report:
+    """Structural check of a whole database (pointers, CRCs, order, lengths)."""
+    data = _whole(buf)
+    kind = backend or detect(data, file=file)
+    module = {"skiplist": skiplist, "twoskip": twoskip, "flat": flat}[kind]
+    return module.check(data, file=file)
+
+
+def guess_backend(buf: bytes | memoryview, *, file: str) -> Backend:
+    """Like :func:`detect`, but also recognises a skiplist/twoskip whose magic is damaged."""
+    try:
+        return detect(buf, file=file)
+    except UnsupportedFormat as error:
+        head = bytes(memoryview(buf)[:20])
+        for kind, magic in (("skiplist", skiplist.MAGIC), ("twoskip", twoskip.MAGIC)):
+            if len(head) == 20 and sum(a != b for a, b in zip(head, magic)) <= 4:
+                return kind  # type: ignore[return-value]
+        if b"\xa1\x02\x8b\x0d" not in head:
+            raise error
+        raise
+
+
+def salvage(buf: bytes | memoryview, *, file: str, backend: Backend | None = None, order: Order | None = None
+            ) -> tuple[list[tuple[bytes, bytes]], Report]:
+    """Every intact committed record of a (damaged) database, sorted, with a report of the losses."""
+    data = _whole(buf)
+    if len(data) == 0:
+        return [], Report()
+    kind = backend or guess_backend(data, file=file)
+    module = {"skiplist": skiplist, "twoskip": twoskip, "flat": flat}[kind]
+    return module.salvage(data, file=file, order=order or _DEFAULT_ORDER[kind])

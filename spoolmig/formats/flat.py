@@ -14,7 +14,7 @@ from typing import Any
 
 from spoolmig.errors import FormatError
 
-from ._binary import sort_key
+from ._binary import Order, Report, sort_key
 
 ESCAPE = 0xFF
 _ESCAPES = re.compile(rb"\xff(.)?", re.S)
@@ -82,3 +82,48 @@ def build(records: Iterable[tuple[bytes, bytes]], *, escape: bool = True, order:
             k, v = bytes(key), bytes(value)
         out[k] = v
     return b"".join(k + b"\t" + out[k] + b"\n" for k in sorted(out, key=sk))
+
+
+def check(buf: Any, *, file: str) -> Report:
+    """Every line is ``key TAB value LF``, lines strictly in mailbox order of the stored keys."""
+    report = Report()
+    sk = sort_key("mbox")
+    previous: bytes | None = None
+    try:
+        for offset, key, value in lines(buf, file):
+            k = sk(key)
+            if previous is not None and k <= previous:
+                report.problem(offset, "line out of mailbox order (or a duplicate key): Cyrus's binary search "
+                               "will miss records")
+            previous = k
+            for field in (key, value):
+                if b"\xff" in field and any(m.group(1) is None for m in _ESCAPES.finditer(field)):
+                    report.note(offset, "field ends in a lone 0xFF escape byte (Cyrus drops it)")
+            report.records += 1
+    except FormatError as error:
+        report.problem(error.offset, error.problem)
+    return report
+
+
+def salvage(buf: Any, *, file: str, order: Order = "mbox") -> tuple[list[tuple[bytes, bytes]], Report]:
+    """Every well-formed line of a damaged flat file; the others are reported."""
+    report = Report()
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    result: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        line_end = len(data) if nl < 0 else nl
+        line = data[pos:line_end]
+        tab = line.find(b"\t")
+        if nl < 0:
+            report.problem(pos, "last line has no LF (truncated): dropped")
+        elif tab < 0 or b"\0" in line:
+            report.problem(pos, "line without TAB or with a NUL byte: dropped")
+        else:
+            result[decode(line[:tab])] = decode(line[tab + 1:])
+        pos = line_end + 1
+    sk = sort_key(order)
+    items = sorted(result.items(), key=lambda kv: sk(kv[0]))
+    report.records = len(items)
+    return items, report

@@ -23,7 +23,7 @@ from typing import Any
 
 from spoolmig.errors import FormatError
 
-from ._binary import Order, sort_key
+from ._binary import Order, Report, SortedState, sort_key
 
 MAGIC = b"\xa1\x02\x8b\x0dskiplist file\x00\x00\x00"
 HEADER_SIZE = 48
@@ -432,3 +432,173 @@ def build(items: Iterable[tuple[bytes, bytes]], *, order: Order = "signed", last
     if size > 0xFFFFFFFF:
         raise ValueError("a skiplist file cannot exceed 4 GiB (32-bit offsets)")
     return out
+
+
+def check(buf: Any, *, file: str) -> Report:
+    """Structural check: header, every record, key order, log, pointer chains."""
+    report = Report()
+    size = len(buf)
+    if size == 0:
+        report.note(None, "empty file: an empty database")
+        return report
+    try:
+        header = read_header(buf, file)
+        inorder, unsorted = scan_inorder(buf, header, file, sort_key("signed"))
+        start = _node_end(buf, inorder[-1], size, file) if inorder else DUMMY_OFFSET + 4 * (header.maxlevel + 4)
+        log = scan_log(buf, start, file)
+    except FormatError as error:
+        report.problem(error.offset, error.problem)
+        return report
+    order: Order = "signed"
+    if unsorted is not None:
+        if _first_unsorted(buf, inorder, sort_key("mbox")) is None:
+            order = "mbox"
+            report.note(None, "keys are in mailbox order (improved_mboxlist_sort; cyr_dbtool needs -M)")
+        else:
+            report.problem(unsorted, "INORDER record out of order (neither signed nor mailbox order)")
+    if header.logstart != start:
+        report.note(40, f"header logstart {header.logstart} but the INORDER section ends at {start} "
+                    "(Cyrus corrects this on recovery)")
+    for zero, length in log.zero_runs:
+        report.note(zero, f"{length} zero bytes between transactions (Cyrus 2.2 truncation bug; skipped)")
+    if log.rolled_back:
+        report.note(log.committed_end, f"uncommitted tail of {log.rolled_back} bytes: rolled back, as Cyrus does")
+    for rtype, off, _, _, target in log.ops:
+        if rtype == DELETE and _key_at(buf, target, file) is None:
+            what = "target 0 (Cyrus 2.2 DELETE of a missing key)" if target == 0 else f"target {target} is no record"
+            (report.note if target == 0 else report.problem)(off, f"DELETE {what}; Cyrus ignores it")
+    try:
+        report.records = sum(1 for _ in records(buf, file=file, order=order))
+    except FormatError as error:
+        report.problem(error.offset, error.problem)
+        return report
+    if log.rolled_back:
+        return report  # live pointers may lead into the rolled-back tail
+    _check_chains(buf, header, log.committed_end, order, report, file)
+    return report
+
+
+def _check_chains(buf: Any, header: Header, end: int, order: Order, report: Report, file: str) -> None:
+    """Every level's forward chain: valid targets, increasing keys, level 0 = the live records."""
+    sk = sort_key(order)
+    dummy = node_at(buf, DUMMY_OFFSET, file)
+    for level in range(header.maxlevel):
+        offset = _u32(buf, dummy.forward_offset + 4 * level)[0]
+        previous: bytes | None = None
+        seen = 0
+        prev_off = DUMMY_OFFSET
+        while offset:
+            seen += 1
+            if seen > end // 16 + 1:
+                report.problem(prev_off, f"level {level} pointers form a loop")
+                return
+            if offset >= end:
+                report.problem(prev_off, f"level {level} pointer {offset} beyond the committed end {end}")
+                return
+            try:
+                node = node_at(buf, offset, file)
+            except FormatError:
+                report.problem(prev_off, f"level {level} pointer {offset} does not point at a record")
+                return
+            if node.type not in (INORDER, ADD) or node.level <= level:
+                report.problem(prev_off, f"level {level} pointer {offset} points at a record without that level")
+                return
+            k = sk(node.key)
+            if previous is not None and k <= previous:
+                report.problem(offset, f"level {level} chain out of key order")
+                return
+            previous = k
+            prev_off = offset
+            offset = _u32(buf, node.forward_offset + 4 * level)[0]
+        if level == 0 and seen != report.records:
+            report.problem(DUMMY_OFFSET, f"level 0 chain links {seen} records but {report.records} are committed")
+
+
+def salvage(buf: Any, *, file: str, order: Order = "signed") -> tuple[list[tuple[bytes, bytes]], Report]:
+    """Every intact committed record of a damaged file, and what was lost where.
+
+    Reads linearly from the DUMMY on, re-synchronising on the next plausible
+    record after damage; a transaction touched by damage is dropped whole.
+    """
+    report = Report()
+    size = len(buf)
+    state: dict[bytes, bytes] = {}
+    key_at: dict[int, bytes] = {}
+    pending: list[tuple[int, int, bytes, bytes]] = []
+    damaged_txn = False
+    if size < HEADER_SIZE or bytes(buf[0:20]) != MAGIC:
+        report.problem(0, "skiplist header damaged (magic); reading records anyway")
+    off = DUMMY_OFFSET
+    bad_from: int | None = None
+
+    def plausible(at: int) -> bool:
+        if at + 4 > size:
+            return False
+        t = _u32(buf, at)[0]
+        if t in (INORDER, ADD, DUMMY):
+            try:
+                n = node_at(buf, at, file)
+            except FormatError:
+                return False
+            return followed(n.end)
+        if t == COMMIT:
+            return followed(at + 4)
+        return t == DELETE and followed(at + 8)
+
+    def followed(at: int) -> bool:
+        """Is ``at`` the end of the file or the start of a record?"""
+        return at == size or (at + 4 <= size and _u32(buf, at)[0] in (INORDER, ADD, DELETE, COMMIT, 0))
+
+    while off + 4 <= size:
+        if bad_from is not None and not plausible(off):
+            off += 4
+            continue
+        if bad_from is not None:
+            report.problem(bad_from, f"{off - bad_from} unreadable bytes skipped")
+            bad_from = None
+        t = _u32(buf, off)[0]
+        try:
+            if t in (INORDER, ADD, DUMMY):
+                node = node_at(buf, off, file)
+                key_at[off] = node.key
+                if t == INORDER:
+                    state[node.key] = node.value
+                elif t == ADD:
+                    pending.append((ADD, off, node.key, node.value))
+                off = node.end
+            elif t == DELETE:
+                if off + 8 > size:
+                    raise FormatError(file, off, "DELETE record cut short")
+                pending.append((DELETE, off, b"", _u32(buf, off + 4)[0].to_bytes(4, "big")))
+                off += 8
+            elif t == COMMIT:
+                if damaged_txn:
+                    report.problem(off, f"transaction of {len(pending)} readable records dropped: it was damaged")
+                else:
+                    for rtype, _, key, value in pending:
+                        if rtype == ADD:
+                            state[key] = value
+                        else:
+                            dkey = key_at.get(int.from_bytes(value, "big"))
+                            if dkey is not None:
+                                state.pop(dkey, None)
+                pending.clear()
+                damaged_txn = False
+                off += 4
+            elif t == 0:
+                off += 4
+            else:
+                raise FormatError(file, off, f"unknown record type 0x{t:x}")
+        except FormatError as error:
+            bad_from = off
+            damaged_txn = damaged_txn or bool(pending) or t in (ADD, DELETE)
+            report.problem(off, error.problem)
+            off += 4
+    if bad_from is not None:
+        report.problem(bad_from, f"{size - bad_from} unreadable bytes at the end")
+    if pending:
+        report.note(pending[0][1], f"uncommitted transaction of {len(pending)} records rolled back")
+    sk = sort_key(order)
+    result = sorted(state.items(), key=lambda kv: sk(kv[0]))
+    report.records = len(result)
+    return result, report

@@ -21,7 +21,7 @@ from typing import Any
 
 from spoolmig.errors import FormatError
 
-from ._binary import Order, roundup, sort_key
+from ._binary import Order, Report, SortedState, roundup, sort_key
 
 MAGIC = b"\xa1\x02\x8b\x0dtwoskip file\x00\x00\x00\x00"
 HEADER_SIZE = 64
@@ -273,3 +273,198 @@ def build(items: Any, *, order: Order = "raw") -> bytes:
     fields = (MAGIC, VERSION, 1, len(ordered), size, size, 0)
     head = _HEADER.pack(*fields, 0)[:60]
     return head + struct.pack(">I", zlib.crc32(head)) + dummy + b"".join(bodies) + commit
+
+
+def check(buf: Any, *, file: str) -> Report:
+    """Structural check: header CRC, every record's CRCs, commits, chains, order, count."""
+    report = Report()
+    size = len(buf)
+    if size == 0:
+        report.note(None, "empty file: an empty database")
+        return report
+    try:
+        header = read_header(buf, file)
+    except FormatError as error:
+        report.problem(error.offset, error.problem)
+        return report
+    end = header.current_size
+    if header.dirty:
+        report.note(56, "DIRTY flag set: a transaction was interrupted; Cyrus recovers on open")
+    if end > size:
+        report.problem(48, f"current_size {end} beyond the end of the file ({size} bytes): truncated")
+        return report
+    if end < size:
+        report.note(end, f"uncommitted tail of {size - end} bytes: rolled back, as Cyrus does")
+    mv = memoryview(buf)
+    off = DUMMY_OFFSET
+    txn_start = None
+    last_commit_end = None
+    while off < end:
+        if bytes(buf[off:off + 8]) == BLANK:
+            off += 8
+            continue
+        try:
+            rec = read_record(buf, off, file, mv=mv)
+            if rec.type == RECORD:
+                check_tail(buf, rec, file, mv)
+        except FormatError as error:
+            report.problem(error.offset, error.problem)
+            return report
+        if off == DUMMY_OFFSET:
+            if rec.type != DUMMY or rec.level != MAXLEVEL or rec.keylen or rec.vallen:
+                report.problem(off, "record at 64 is not a level-31 DUMMY")
+                return report
+            last_commit_end = rec.offset + rec.length
+        elif rec.type == COMMIT:
+            if rec.nextloc[0] != last_commit_end and not _blanks(buf, last_commit_end, rec.nextloc[0]):
+                report.problem(off, f"COMMIT points at {rec.nextloc[0]}, the transaction began at {last_commit_end}")
+            last_commit_end = rec.offset + rec.length
+            txn_start = None
+        elif rec.type in (RECORD, DELETE):
+            txn_start = txn_start or off
+        else:
+            report.problem(off, f"unexpected {TYPE_NAMES.get(rec.type, hex(rec.type))} record")
+            return report
+        off += rec.length
+    if off != end:
+        report.problem(end, f"current_size {end} is not at a record boundary (last record ends at {off})")
+    if txn_start is not None:
+        report.problem(txn_start, "records before current_size are not followed by a COMMIT")
+    order = None
+    for candidate in ("raw", "mbox"):
+        try:
+            for _ in walk(buf, file, end, order=candidate):  # type: ignore[arg-type]
+                pass
+        except FormatError as error:
+            if "out of order" not in error.problem:
+                report.problem(error.offset, error.problem)
+                return report
+            continue
+        order = candidate
+        break
+    if order is None:
+        report.problem(None, "level-0 chain is in neither raw nor mailbox order")
+        return report
+    if order == "mbox":
+        report.note(None, "keys are in mailbox order (improved_mboxlist_sort; cyr_dbtool needs -M)")
+    _check_levels(buf, end, header, report, file, mv)
+    return report
+
+
+def _blanks(buf: Any, start: int | None, stop: int) -> bool:
+    """Is [start, stop) nothing but BLANK padding?"""
+    if start is None or stop < start or (stop - start) % 8:
+        return False
+    return all(bytes(buf[p:p + 8]) == BLANK for p in range(start, stop, 8))
+
+
+def _check_levels(buf: Any, end: int, header: Header, report: Report, file: str, mv: memoryview) -> None:
+    """myconsistent: each level's pointers land on the next record of that level; count matches."""
+    dummy = read_record(buf, DUMMY_OFFSET, file, mv=mv)
+    fwd = [getloc(dummy.nextloc, i, end) for i in range(MAXLEVEL)]
+    count = 0
+    budget = len(buf) // 24 + 2
+    while fwd[0]:
+        budget -= 1
+        if budget < 0:
+            report.problem(fwd[0], "level-0 pointers form a loop")
+            return
+        rec = read_record(buf, fwd[0], file, mv=mv)
+        if rec.type == DELETE:
+            fwd[0] = rec.nextloc[0]
+            continue
+        for i in range(rec.level):
+            if fwd[i] != rec.offset:
+                report.problem(rec.offset, f"level {i} linkage broken: expected a pointer here, found {fwd[i]}")
+                return
+            fwd[i] = getloc(rec.nextloc, i, end)
+        count += 1
+    for i, f in enumerate(fwd):
+        if f:
+            report.problem(f, f"level {i} chain does not end after the last record")
+            return
+    report.records = count
+    if count != header.num_records:
+        report.problem(32, f"header num_records {header.num_records} but {count} records are linked")
+
+
+def salvage(buf: Any, *, file: str, order: Order = "raw") -> tuple[list[tuple[bytes, bytes]], Report]:
+    """Every intact committed record of a damaged file, and what was lost where.
+
+    Like Cyrus's recovery2 it replays, in file order, the transactions that
+    end in an intact COMMIT; unlike it, a DELETE removes the record it was
+    written for (the one just before its successor), not the successor.
+    """
+    report = Report()
+    size = len(buf)
+    end = size
+    try:
+        end = min(size, read_header(buf, file).current_size)
+    except FormatError as error:
+        report.problem(error.offset, f"{error.problem}; reading records anyway")
+    if end < DUMMY_OFFSET:
+        end = size
+    mv = memoryview(buf)
+    state = SortedState(order)
+    pending: list[Record] = []
+    dirty = False
+    off = DUMMY_OFFSET
+    bad_from: int | None = None
+    while off + 8 <= end:
+        if bytes(buf[off:off + 8]) == BLANK:
+            off += 8
+            continue
+        try:
+            rec = read_record(buf, off, file, mv=mv)
+            if rec.offset + rec.length > end:
+                raise FormatError(file, off, "record crosses current_size")
+            if rec.type == RECORD:
+                check_tail(buf, rec, file, mv)
+        except FormatError as error:
+            if bad_from is None:
+                bad_from = off
+                report.problem(off, error.problem)
+            dirty = True
+            off += 8
+            continue
+        if bad_from is not None:
+            report.problem(bad_from, f"{off - bad_from} unreadable bytes skipped")
+            bad_from = None
+        if rec.type in (RECORD, DELETE):
+            pending.append(rec)
+        elif rec.type == COMMIT:
+            if dirty:
+                report.problem(off, f"transaction of {len(pending)} readable records dropped: it was damaged")
+            else:
+                _apply(buf, pending, state, file, mv)
+            pending.clear()
+            dirty = False
+        off += rec.length
+    if bad_from is not None:
+        report.problem(bad_from, f"{end - bad_from} unreadable bytes at the end")
+    if pending:
+        report.note(pending[0].offset, f"uncommitted transaction of {len(pending)} records rolled back")
+    if end < size:
+        report.note(end, f"{size - end} bytes past current_size rolled back")
+    result = list(state)
+    report.records = len(result)
+    return result, report
+
+
+def _apply(buf: Any, txn: list[Record], state: SortedState, file: str, mv: memoryview) -> None:
+    for rec in txn:
+        if rec.type == RECORD:
+            k = rec.keyoffset
+            state.set(bytes(buf[k:k + rec.keylen]), bytes(buf[k + rec.keylen:k + rec.keylen + rec.vallen]))
+            continue
+        successor = rec.nextloc[0]
+        if successor:
+            try:
+                nxt = read_record(buf, successor, file, mv=mv)
+            except FormatError:
+                continue
+            victim = state.before(bytes(buf[nxt.keyoffset:nxt.keyoffset + nxt.keylen]))
+        else:
+            victim = state.before(None)
+        if victim is not None:
+            state.delete(victim)
