@@ -150,6 +150,7 @@ def test_round_trip_of_built_headers(form: str, quotaroot, uniqueid, flags, acl)
     if form == "dlist":  # values a one-line dlist can spell (no literal)
         tokens = [quotaroot or b"", uniqueid, *(f or b"" for f in flags), *(b for pair in acl for b in pair)]
         assume(not any(set(t) & _NEEDS_LITERAL for t in tokens))
+    assume(not (quotaroot or b"").startswith(b"%"))  # Cyrus would read that line as a dlist
     h = hdr.Header(form=form, quotaroot=quotaroot, uniqueid=uniqueid, flags=flags,
                    acl=hdr.acl_string(acl), mbtype=b"e" if form == "dlist" else None)
     raw = hdr.build(h)

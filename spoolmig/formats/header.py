@@ -279,6 +279,8 @@ def build(header: Header) -> bytes:
         first = (header.quotaroot or b"") + b"\t" + header.uniqueid
     if lines is not None and _first_line_fields(lines.first, header.form) == (header.quotaroot, header.uniqueid):
         first = lines.first
+    if first[:1] == b"%":
+        raise ValueError("a first line starting with '%' would be read as a dlist body")
     # Cyrus's writer skips empty slots (renumbering later flags); an empty
     # token keeps every flag at its bit position and every reader accepts it.
     last = max((i + 1 for i, f in enumerate(header.flags) if f is not None), default=0)
