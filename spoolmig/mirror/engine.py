@@ -1,0 +1,294 @@
+"""One mirror pass over every tree: lock, (quiet check), scan, apply, (verify), record.
+
+The pass runs in two phases so that progress has totals and ``--dry-run``
+can stop half-way: first every tree is listed and compared with the state
+(:meth:`TreeWorker.scan`), then every tree's changes are applied
+(:meth:`TreeWorker.apply`). With ``jobs > 1`` trees are handled by that many
+threads, each with its own source connection; SQLite writes are serialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from spoolmig.config import Config
+from spoolmig.errors import LockedError, MirrorError, SourceNotQuiet
+from spoolmig.mirror import state as st
+from spoolmig.mirror.lock import MirrorLock
+from spoolmig.mirror.replica import Replica, parse_owner
+from spoolmig.mirror.report import PassReport
+from spoolmig.mirror.trees import Tree, trees_from_config
+from spoolmig.mirror.worker import TreeWorker, source_digest
+from spoolmig.progress import NullProgress, Progress
+from spoolmig.transport.base import Source
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a pass (the ``spoolmig mirror`` flags)."""
+
+    full: bool = False
+    final: bool = False
+    checksum: bool = False
+    dry_run: bool = False
+    jobs: int = 1
+    #: --final: seconds between the two listings that must agree.
+    quiet_wait: float = 2.0
+    batch_files: int = 2000
+    batch_bytes: int = 64 << 20
+
+    @property
+    def mode(self) -> str:
+        return "final" if self.final else "full" if self.full else "incremental"
+
+
+class _LockedProgress:
+    """Progress shared by worker threads."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner, self.lock = inner, threading.Lock()
+
+    def start(self, label: str, total: int | None = None, unit: str = "it") -> None:
+        with self.lock:
+            self.inner.start(label, total, unit)
+
+    def advance(self, n: int = 1) -> None:
+        with self.lock:
+            self.inner.advance(n)
+
+    def note(self, message: str) -> None:
+        with self.lock:
+            self.inner.note(message)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.inner.finish()
+
+
+class _SourcePool:
+    """Up to ``jobs`` source connections, opened on demand, one per running thread."""
+
+    def __init__(self, first: Source, factory: Callable[[], Source], jobs: int) -> None:
+        self.factory, self.jobs = factory, jobs
+        self.free: queue.Queue[Source] = queue.Queue()
+        self.free.put(first)
+        self.opened = [first]
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[Source]:
+        try:
+            source = self.free.get_nowait()
+        except queue.Empty:
+            with self.lock:
+                grow = len(self.opened) < self.jobs
+            if grow:
+                source = self.factory()
+                with self.lock:
+                    self.opened.append(source)
+            else:
+                source = self.free.get()
+        try:
+            yield source
+        finally:
+            self.free.put(source)
+
+    def close(self) -> None:
+        for source in self.opened[1:]:
+            with contextlib.suppress(Exception):
+                source.close()
+
+
+def _parallel(pool: _SourcePool, jobs: int, work: list[T], fn: Callable[[T, Source], None]) -> None:
+    """Run ``fn(item, source)`` for every item on up to ``jobs`` threads; re-raise the first error."""
+    def run(item: T) -> None:
+        with pool.take() as source:
+            fn(item, source)
+
+    if jobs <= 1 or len(work) <= 1:
+        for item in work:
+            run(item)
+        return
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="spoolmig-mirror") as executor:
+        futures = [executor.submit(run, item) for item in work]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[str, int]]:
+    """--final's precondition: no Cyrus process, and two listings ``wait`` s apart agree.
+
+    Returns the listing's digests (compared again at the end of the pass).
+    """
+    procs = source.cyrus_processes()
+    if procs:
+        shown = "; ".join(p[:80] for p in procs[:3]) + (" ..." if len(procs) > 3 else "")
+        raise SourceNotQuiet(f"{source.describe()}: Cyrus is still running ({len(procs)} processes: {shown})",
+                             hint="stop Cyrus on the source (the maintenance window), then run --final again")
+    first = [source_digest(source, t) for t in trees]
+    time.sleep(wait)
+    second = [source_digest(source, t) for t in trees]
+    for tree, a, b in zip(trees, first, second):
+        if a != b:
+            raise SourceNotQuiet(
+                f"{source.describe()}: {tree.root} changed between two listings {wait:g} s apart "
+                f"({a[1]} then {b[1]} entries)",
+                hint="something still writes to the spool; stop it (or wait longer: --quiet-wait)")
+    return second
+
+
+def run_pass(cfg: Config, open_source: Callable[[], Source], options: Options = Options(),
+             progress: Progress | None = None) -> PassReport:
+    """Run one pass; return its report (the caller turns it into output and an exit code)."""
+    progress = _LockedProgress(progress or NullProgress())
+    trees = trees_from_config(cfg)
+    mirror = cfg.mirror.path
+    report = PassReport(mode=options.mode, dry_run=options.dry_run)
+    started = time.monotonic()
+    if options.dry_run:
+        if os.path.isdir(os.path.join(mirror, st.STATE_DIR)):
+            _refuse_if_locked(os.path.join(mirror, st.STATE_DIR))
+        with st.scratch_copy(mirror) as conn:
+            _run(cfg, trees, conn, None, None, open_source, options, progress, report)
+        report.duration = time.monotonic() - started
+        return report
+    state_dir = os.path.join(mirror, st.STATE_DIR)
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as error:
+        raise MirrorError(f"{state_dir}: cannot create the mirror directory: {error.strerror}") from None
+    with MirrorLock(state_dir):
+        conn = st.open_state(st.state_path(mirror))
+        try:
+            replica = Replica(mirror, parse_owner(cfg.mirror.owner))
+            _run(cfg, trees, conn, replica, st.state_path(mirror), open_source, options, progress, report)
+        finally:
+            st.close_state(conn)
+    report.duration = time.monotonic() - started
+    return report
+
+
+def _refuse_if_locked(state_dir: str) -> None:
+    """A dry run reads the state: not while a pass writes it (the lock is only tested)."""
+    import fcntl
+
+    path = os.path.join(state_dir, "lock")
+    if not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockedError(f"{path}: a spoolmig pass is running; a dry run would read half-written state") from None
+    finally:
+        os.close(fd)
+
+
+def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_file: str | None,  # noqa: ANN001
+         open_source: Callable[[], Source], options: Options, progress: Progress, report: PassReport) -> None:
+    first = open_source()
+    pool = _SourcePool(first, open_source, options.jobs)
+    pass_id = None
+    try:
+        report.source = first.describe()
+        digests = check_quiet(first, trees, options.quiet_wait) if options.final else None
+        if replica is not None:
+            pass_id = st.begin_pass(conn, options.mode, report.source)
+            report.pass_id = pass_id
+            _remove_temporaries(conn, replica)
+        if state_file is None:  # dry run: the scratch copy of the state, nothing applied
+            _dry_run_scan(trees, conn, report, options, cfg, pool)
+        else:
+            assert replica is not None
+            workers = [TreeWorker(t, conn if i == 0 else st.open_worker(state_file), replica, report,
+                                  full=options.full, final=options.final, checksum=options.checksum,
+                                  delete=cfg.mirror.delete, batch_files=options.batch_files,
+                                  batch_bytes=options.batch_bytes)
+                       for i, t in enumerate(trees)]
+            try:
+                _phases(workers, pool, options, progress, report, digests)
+            finally:
+                for w in workers[1:]:
+                    w.conn.close()
+        outcome = "warnings" if report.has_warnings else "ok"
+        if options.final and report.statement is None and not options.dry_run:
+            outcome = "differences"
+        if pass_id is not None:
+            st.end_pass(conn, pass_id, outcome, report.figures)
+    except BaseException as error:
+        if pass_id is not None:
+            outcome = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            with contextlib.suppress(Exception):
+                st.end_pass(conn, pass_id, outcome, report.figures, message=str(error)[:500])
+        raise
+    finally:
+        pool.close()
+        with contextlib.suppress(Exception):
+            first.close()
+
+
+def _dry_run_scan(trees: list[Tree], conn, report: PassReport, options: Options, cfg: Config,  # noqa: ANN001
+                  pool: _SourcePool) -> None:
+    """A dry run scans every tree on the scratch copy, one after the other."""
+    t0 = time.monotonic()
+    for tree in trees:
+        worker = TreeWorker(tree, conn, None, report, full=options.full, final=options.final,
+                            checksum=False, delete=cfg.mirror.delete,
+                            batch_files=options.batch_files, batch_bytes=options.batch_bytes)
+        with pool.take() as source:
+            worker.scan(source)
+    report.add(list_seconds=time.monotonic() - t0)
+
+
+def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, progress: Progress,
+            report: PassReport, digests: list[tuple[str, int]] | None) -> None:
+    t0 = time.monotonic()
+    progress.start("listing", None, "dirs")
+    _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s))
+    progress.finish()
+    t1 = time.monotonic()
+    report.add(list_seconds=t1 - t0)
+    total = sum(w.planned_bytes() for w in workers)
+    progress.start("copying", total, "B")
+    _parallel(pool, options.jobs, workers, lambda w, s: w.apply(s, progress))
+    progress.finish()
+    report.add(fetch_seconds=time.monotonic() - t1)
+    files = size = 0
+    if options.final:
+        for w in workers:
+            n, b = w.verify()
+            files, size = files + n, size + b
+        with pool.take() as source:
+            after = [source_digest(source, w.tree) for w in workers]
+        if digests is not None and after != digests:
+            report.differ("the source changed during the final pass (its listing before and after differ)")
+        if report.differences_total == 0:
+            report.statement = f"replica equals source: {files} files, {size} bytes"
+    totals = workers[0].conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM main.files WHERE kind = 'f' AND size >= 0").fetchone()
+    report.figures["replica_files"], report.figures["replica_bytes"] = totals
+
+
+def _remove_temporaries(conn, replica: Replica) -> None:  # noqa: ANN001
+    """Leftovers of a killed pass can only be where the state says a write was under way."""
+    rows = conn.execute("SELECT DISTINCT tree, dir FROM files WHERE stale = 1").fetchall()
+    by_tree: dict[str, list[bytes]] = {}
+    for tree, directory in rows:
+        by_tree.setdefault(tree, []).append(directory or b"")
+    removed = sum(replica.remove_temporaries_in(tree, iter(dirs)) for tree, dirs in by_tree.items())
+    if removed:
+        log.info("removed %d temporary files left by an interrupted pass", removed)

@@ -1,0 +1,261 @@
+"""Writing into the replica without ever leaving it.
+
+Every path handed here was checked by :func:`spoolmig.mirror.trees.check_relpath`
+(no ``..``, no absolute path, no NUL). On top of that, no write goes *through*
+a symbolic link: before a file is written, each directory component of its
+path is ``lstat``-ed, and anything that is not a real directory (a symlink the
+source once had there, a file) is removed and replaced by a directory. Source
+symbolic links (sieve's ``defaultbc``) are recreated as symbolic links with
+their target stored verbatim; they are never followed by spoolmig.
+
+Files land through :func:`spoolmig.fileio.atomic_writer` (temporary name with
+``TEMP_MARK`` in the same directory, rename) with ``fsync=False``: durability
+is one :meth:`Replica.sync` per batch, before the state records the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import grp
+import os
+import pwd
+import shutil
+import stat
+from collections.abc import Iterator
+
+from spoolmig.errors import ConfigError, MirrorError
+from spoolmig.fileio import TEMP_MARK, atomic_writer
+from spoolmig.transport.base import Fetched
+
+_TEMP = TEMP_MARK.encode()
+_CHUNK = 1 << 20
+
+
+def parse_owner(owner: str | None) -> tuple[int, int] | None:
+    """``"user:group"`` → (uid, gid); None when unset or when not running as root."""
+    if not owner:
+        return None
+    user, _, group = owner.partition(":")
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else -1
+    except KeyError:
+        raise ConfigError(f"[mirror] owner: no such user or group in {owner!r}") from None
+    if os.geteuid() != 0:
+        return None
+    return uid, gid
+
+
+def _libc_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _libc_syncfs()
+
+
+class Replica:
+    """The replica directory ``<mirror.path>``; trees are its subdirectories."""
+
+    def __init__(self, root: str, owner: tuple[int, int] | None = None) -> None:
+        self.root = os.fsencode(os.path.abspath(root))
+        self.owner = owner
+        self._root_user = os.geteuid() == 0
+        #: Directories known to be real directories in this pass (bounded by the dir count).
+        self._dirs: set[bytes] = set()
+
+    def path(self, tree: str, rel: bytes) -> bytes:
+        base = self.root + b"/" + tree.encode()
+        return base + b"/" + rel if rel else base
+
+    def _error(self, path: bytes, error: OSError) -> MirrorError:
+        return MirrorError(f"replica {os.fsdecode(path)}: {error.strerror or error}")
+
+    # -- directories -------------------------------------------------------
+
+    def ensure_dir(self, tree: str, rel: bytes) -> bytes:
+        """Make ``rel`` (and its parents) real directories; return the absolute path."""
+        full = self.path(tree, rel)
+        if full in self._dirs:
+            return full
+        current = self.root
+        for part in [tree.encode(), *(rel.split(b"/") if rel else [])]:
+            current = current + b"/" + part
+            if current in self._dirs:
+                continue
+            try:
+                st = os.lstat(current)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(current)  # a file or symlink where the source now has a directory
+                    raise FileNotFoundError
+            except FileNotFoundError:
+                try:
+                    os.mkdir(current, 0o700)
+                except FileExistsError:
+                    pass
+                except OSError as error:
+                    raise self._error(current, error) from None
+                if self.owner:
+                    os.lchown(current, *self.owner)
+            except OSError as error:
+                raise self._error(current, error) from None
+            self._dirs.add(current)
+        return full
+
+    def set_dir_attrs(self, tree: str, rel: bytes, mode: int, mtime_ns: int) -> None:
+        """Give a directory the source's mode and mtime (after its entries are written).
+
+        Not running as root, the owner keeps rwx so later passes can write into it.
+        """
+        full = self.path(tree, rel)
+        try:
+            os.chmod(full, mode if self._root_user else mode | 0o700, follow_symlinks=False)
+            os.utime(full, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise self._error(full, error) from None
+
+    # -- files -------------------------------------------------------------
+
+    def _clear_dir_in_the_way(self, full: bytes) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(full).st_mode):
+                shutil.rmtree(full)
+                self._dirs = {d for d in self._dirs if not (d == full or d.startswith(full + b"/"))}
+
+    def write_file(self, tree: str, rel: bytes, item: Fetched, mode: int, mtime_ns: int) -> int:
+        """Stream one fetched file into place (not yet synced); return the bytes written."""
+        parent, _, _ = rel.rpartition(b"/")
+        self.ensure_dir(tree, parent)
+        full = self.path(tree, rel)
+        written = 0
+        try:
+            self._clear_dir_in_the_way(full)
+            with atomic_writer(os.fsdecode(full), mode=mode, fsync=False, mtime_ns=mtime_ns) as f:
+                while chunk := item.read(_CHUNK):
+                    f.write(chunk)
+                    written += len(chunk)
+            if self.owner:
+                os.lchown(full, *self.owner)
+        except OSError as error:
+            raise self._error(full, error) from None
+        return written
+
+    def write_link(self, tree: str, rel: bytes, target: bytes, mtime_ns: int) -> None:
+        """Recreate a source symbolic link (target stored as is, never followed)."""
+        parent, _, _ = rel.rpartition(b"/")
+        directory = self.ensure_dir(tree, parent)
+        full = self.path(tree, rel)
+        tmp = directory + b"/" + _TEMP + os.urandom(6).hex().encode()
+        try:
+            self._clear_dir_in_the_way(full)
+            os.symlink(target, tmp)
+            try:
+                os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+                if self.owner:
+                    os.lchown(tmp, *self.owner)
+                os.replace(tmp, full)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as error:
+            raise self._error(full, error) from None
+
+    def remove(self, tree: str, rel: bytes) -> bool:
+        """Delete an entry (a directory with everything below it); False if absent."""
+        full = self.path(tree, rel)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(full)
+                self._dirs = {d for d in self._dirs if not (d == full or d.startswith(full + b"/"))}
+            else:
+                os.unlink(full)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise self._error(full, error) from None
+        return True
+
+    def exists(self, tree: str, rel: bytes) -> bool:
+        return os.path.lexists(self.path(tree, rel))
+
+    # -- durability and cleanup -------------------------------------------
+
+    def sync(self) -> None:
+        """Make everything written so far durable: one syncfs of the replica's filesystem."""
+        if _SYNCFS is not None:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if _SYNCFS(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        os.sync()
+
+    def remove_temporaries_in(self, tree: str, rel_dirs: Iterator[bytes]) -> int:
+        """Delete leftovers of a killed pass in these directories; return how many."""
+        removed = 0
+        for rel in rel_dirs:
+            directory = self.path(tree, rel)
+            try:
+                with os.scandir(directory) as it:
+                    names = [e.name for e in it if e.name.startswith(_TEMP)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory + b"/" + name)
+                    removed += 1
+        return removed
+
+    def walk(self, tree: str) -> Iterator[tuple[bytes, str, int, int, int, bytes | None]]:
+        """lstat every entry of a replica tree: (path, kind, size, mtime_ns, mode, link).
+
+        Temporary leftovers are removed on the way; symlinks are reported, not followed.
+        """
+        top = self.path(tree, b"")
+        try:
+            st = os.lstat(top)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        yield b"", "d", 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode), None
+        stack = [b""]
+        while stack:
+            rel_dir = stack.pop()
+            directory = top + b"/" + rel_dir if rel_dir else top
+            try:
+                it = os.scandir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with it:
+                for entry in it:
+                    name = entry.name
+                    rel = rel_dir + b"/" + name if rel_dir else name
+                    if name.startswith(_TEMP):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    mode = st.st_mode
+                    if stat.S_ISDIR(mode):
+                        stack.append(rel)
+                        yield rel, "d", 0, st.st_mtime_ns, stat.S_IMODE(mode), None
+                    elif stat.S_ISLNK(mode):
+                        yield rel, "l", st.st_size, st.st_mtime_ns, stat.S_IMODE(mode), os.readlink(entry.path)
+                    elif stat.S_ISREG(mode):
+                        yield rel, "f", st.st_size, st.st_mtime_ns, stat.S_IMODE(mode), None
+                    else:
+                        yield rel, "o", st.st_size, st.st_mtime_ns, stat.S_IMODE(mode), None
+

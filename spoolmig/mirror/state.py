@@ -1,0 +1,182 @@
+"""The mirror's state: one SQLite file describing what the replica durably holds.
+
+The state is the only thing a pass trusts about the replica. A row says "this
+path is on disk with these source attributes, synced"; a row with
+``stale = 1`` says "what is on disk here is not trusted": it is written
+*before* a batch touches the path and cleared in the transaction that follows
+the batch's sync. So a pass killed anywhere leaves rows that the next pass
+compares with the source again, never a wrong file taken for a good one.
+
+Tables (schema version 1):
+
+``files``   one row per replica entry: tree, path (bytes, relative), dir (its
+            parent, NULL for the tree root), kind (f/d/l), cls (0 message-like,
+            1 metadata, 2 directory), size, mtime_ns, mode, inode, link
+            target, stale. For a directory, mtime_ns is the mtime observed
+            *before* its entries were listed.
+``passes``  one row per pass with its figures (see :data:`PASS_FIGURES`).
+``meta``    key/value: schema version.
+
+The file is in WAL mode while a pass runs and switched back to a plain
+rollback journal at the end, so at rest it is one self-contained file that
+``status`` and ``--dry-run`` can read without writing anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from spoolmig.errors import MirrorError
+
+SCHEMA_VERSION = 1
+STATE_DIR = ".spoolmig"
+STATE_FILE = "state.sqlite"
+
+#: Integer figures recorded per pass (all default 0).
+PASS_FIGURES = (
+    "files_new", "bytes_new", "files_changed", "bytes_changed", "files_deleted", "bytes_deleted",
+    "files_recopied", "bytes_recopied", "files_kept", "entries_listed", "dirs_total", "dirs_relisted",
+    "files_vanished", "files_changed_during", "checksum_mismatches", "errors", "skipped",
+    "bytes_fetched", "replica_files", "replica_bytes",
+)
+#: Float figures (seconds).
+PASS_TIMES = ("list_seconds", "fetch_seconds", "verify_seconds")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+    tree TEXT NOT NULL, path BLOB NOT NULL, dir BLOB, kind TEXT NOT NULL, cls INTEGER NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
+    inode INTEGER NOT NULL, link BLOB, stale INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(tree, path)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_dir ON files(tree, dir);
+CREATE INDEX IF NOT EXISTS files_cls ON files(tree, cls);
+CREATE INDEX IF NOT EXISTS files_stale ON files(tree, path) WHERE stale = 1;
+CREATE TABLE IF NOT EXISTS passes(
+    id INTEGER PRIMARY KEY, started REAL NOT NULL, ended REAL, mode TEXT NOT NULL,
+    outcome TEXT NOT NULL, source TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
+    {", ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in PASS_FIGURES)},
+    {", ".join(f"{name} REAL NOT NULL DEFAULT 0" for name in PASS_TIMES)});
+"""
+
+#: One writer at a time across this process's threads (SQLite serialises
+#: writers anyway; taking a Python lock first avoids busy-wait polling).
+WRITE_LOCK = threading.Lock()
+
+
+def state_path(mirror_path: str) -> str:
+    return os.path.join(mirror_path, STATE_DIR, STATE_FILE)
+
+
+def connect(path: str, *, uri: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode; transactions are explicit (:func:`write`)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=uri, timeout=300)
+        conn.execute("PRAGMA busy_timeout = 300000")
+        conn.execute("PRAGMA cache_size = -16384")
+    except sqlite3.Error as error:
+        raise MirrorError(f"{path}: cannot open the mirror state: {error}") from None
+    return conn
+
+
+def open_state(path: str) -> sqlite3.Connection:
+    """Open (creating if needed) the state for a pass, in WAL mode."""
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] != str(SCHEMA_VERSION):
+            raise MirrorError(f"{path}: state schema {row[0]}, this spoolmig reads {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as error:
+        raise MirrorError(f"{path}: the mirror state is damaged: {error}",
+                          hint="move it away and run `spoolmig mirror --full` to rebuild it") from None
+    return conn
+
+
+def open_worker(path: str) -> sqlite3.Connection:
+    """Another connection to an open state (one per tree worker, for its temp tables)."""
+    conn = connect(path)
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def close_state(conn: sqlite3.Connection) -> None:
+    """Leave the state as one self-contained file (no -wal) when possible."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+
+
+@contextlib.contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on the main database, serialised across threads."""
+    with WRITE_LOCK:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def scratch_copy(mirror_path: str) -> Iterator[sqlite3.Connection]:
+    """A private copy of the state for ``--dry-run``: the mirror is only read.
+
+    With no state yet (or no mirror directory) the copy starts empty.
+    """
+    src = state_path(mirror_path)
+    with tempfile.TemporaryDirectory(prefix="spoolmig-dry-run-") as tmp:
+        dst = os.path.join(tmp, STATE_FILE)
+        for suffix in ("", "-wal"):
+            if os.path.exists(src + suffix):
+                shutil.copyfile(src + suffix, dst + suffix)
+        conn = open_state(dst)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def open_readonly(mirror_path: str) -> sqlite3.Connection | None:
+    """Read the state without writing anything (``status``); None when there is none.
+
+    ``immutable=1`` creates no -shm/-wal files and takes no locks; a pass running
+    at the same time may make a read fail, which the caller retries.
+    """
+    path = state_path(mirror_path)
+    if not os.path.exists(path):
+        return None
+    from urllib.parse import quote
+
+    return connect(f"file:{quote(os.path.abspath(path))}?immutable=1", uri=True)
+
+
+def begin_pass(conn: sqlite3.Connection, mode: str, source: str) -> int:
+    with write(conn):
+        cur = conn.execute("INSERT INTO passes(started, mode, outcome, source) VALUES(?, ?, 'running', ?)",
+                           (time.time(), mode, source))
+    return int(cur.lastrowid or 0)
+
+
+def end_pass(conn: sqlite3.Connection, pass_id: int, outcome: str, figures: dict[str, Any],
+             message: str = "") -> None:
+    names = [n for n in PASS_FIGURES + PASS_TIMES if n in figures]
+    sets = ", ".join(f"{n} = ?" for n in names)
+    with write(conn):
+        conn.execute(f"UPDATE passes SET ended = ?, outcome = ?, message = ?, {sets} WHERE id = ?",
+                     (time.time(), outcome, message, *[figures[n] for n in names], pass_id))

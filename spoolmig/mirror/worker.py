@@ -1,0 +1,534 @@
+"""One tree's share of a pass: list, compare with the state, then apply.
+
+Set-based throughout: what the source shows goes into the temporary table
+``seen`` in chunks, SQL compares it with ``files`` and fills ``todo``
+(files and links to fetch) and ``dels`` (entries to delete); the apply step
+reads those tables back in chunks. No per-file Python object outlives its
+chunk.
+
+Listing (research/cyrus-formats.md §9: message files ``<uid>.`` are written
+once; a mailbox directory's mtime changes when a message is added or
+expunged; only ``cyrus.*`` files change in place):
+
+* full cover (first pass of a tree, config and sieve trees, ``--full``,
+  ``--final``): one walk of everything;
+* incremental: one cheap walk (directories and ``cyrus.*`` files only), then
+  ``list_dirs`` of the directories that are new or whose mtime changed, then
+  ``stat`` of the paths the state marks stale. A directory row is written
+  with the mtime seen by the cheap walk, before its entries were listed, and
+  only after all of them were applied, so a change during the pass is seen
+  by the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from spoolmig.mirror import state as st
+from spoolmig.mirror.replica import Replica
+from spoolmig.mirror.report import PassReport, show_path
+from spoolmig.mirror.trees import CLS_DIR, CLS_META, META_GLOBS, Tree, check_relpath, split
+from spoolmig.progress import Progress
+from spoolmig.transport.base import Entry, Fetched, Source
+
+log = logging.getLogger(__name__)
+
+#: Rows moved between Python and SQLite at a time.
+CHUNK = 5000
+#: Re-list everything with one walk when more directories than this fraction changed.
+RELIST_WALK_FRACTION = 0.5
+
+_TEMP_TABLES = """
+DROP TABLE IF EXISTS temp.seen; DROP TABLE IF EXISTS temp.relist; DROP TABLE IF EXISTS temp.gone;
+DROP TABLE IF EXISTS temp.todo; DROP TABLE IF EXISTS temp.dels; DROP TABLE IF EXISTS temp.disk;
+CREATE TEMP TABLE seen(path BLOB PRIMARY KEY, dir BLOB, kind TEXT, cls INTEGER, size INTEGER,
+    mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB) WITHOUT ROWID;
+CREATE TEMP TABLE relist(path BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE gone(path BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE todo(id INTEGER PRIMARY KEY, path BLOB UNIQUE, dir BLOB, kind TEXT, cls INTEGER,
+    size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB, action INTEGER);
+CREATE TEMP TABLE dels(path BLOB PRIMARY KEY, kind TEXT, size INTEGER) WITHOUT ROWID;
+CREATE TEMP TABLE disk(path BLOB PRIMARY KEY, kind TEXT, size INTEGER, mtime_ns INTEGER,
+    mode INTEGER, link BLOB) WITHOUT ROWID;
+"""
+
+#: todo.action values.
+NEW, CHANGED, RECOPY = 1, 2, 3
+
+_DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns <> s.mtime_ns
+    OR f.mode <> s.mode OR (s.kind = 'f' AND f.inode <> s.inode AND f.inode <> 0 AND s.inode <> 0)
+    OR f.link IS NOT s.link)"""
+_NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = f.kind)"
+_UPSERT = ("INSERT OR REPLACE INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link,"
+           " stale) VALUES(?,?,?,?,?,?,?,?,?,?,?)")
+_MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
+               " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
+
+
+def same_mtime(listed: int, sent: int) -> bool:
+    """Equal, or equal to the second when the sender only has whole seconds (tar)."""
+    return listed == sent or (sent % 1_000_000_000 == 0 and listed // 1_000_000_000 == sent // 1_000_000_000)
+
+
+class TreeWorker:
+    """Mirror one tree; its SQLite connection owns the temporary tables."""
+
+    def __init__(self, tree: Tree, conn: sqlite3.Connection, replica: Replica | None, report: PassReport,
+                 *, full: bool, final: bool, checksum: bool, delete: bool,
+                 batch_files: int, batch_bytes: int) -> None:
+        self.tree, self.conn, self.replica, self.report = tree, conn, replica, report
+        self.full, self.final, self.checksum, self.delete = full, final, checksum, delete
+        self.batch_files, self.batch_bytes = batch_files, batch_bytes
+        self.full_cover = False
+        self.skipped = False
+        #: Directories whose entries this pass wrote or removed (their local mtime moved).
+        self.touched: set[bytes] = set()
+        conn.executescript(_TEMP_TABLES)
+
+    # ------------------------------------------------------------------ scan
+
+    def scan(self, source: Source) -> None:
+        """List the source, compare with the state, fill ``todo`` and ``dels``."""
+        tree, conn = self.tree, self.conn
+        prior = conn.execute("SELECT count(*) FROM main.files WHERE tree = ?", (tree.name,)).fetchone()[0]
+        self.full_cover = self.full or self.final or not tree.cheap or prior == 0
+        if (self.full or self.final) and self.replica is not None:
+            self._reconcile_with_disk()
+        if self.full_cover:
+            self._load(source.walk(tree.root, prune=tree.prune))
+        else:
+            self._load(source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune))
+            self._relist(source)
+        if conn.execute("SELECT 1 FROM seen WHERE path = x''").fetchone() is None:
+            if prior or tree.name != "sieve":
+                self.report.warn(f"{tree.name}: source directory {tree.root} not found; "
+                                 f"{'replica left as it is' if prior else 'nothing copied'}", count="errors")
+            self.skipped = True
+            conn.execute("DELETE FROM seen")
+            return
+        self._diff()
+        if self.checksum:
+            self._compare_checksums(source)
+        self._count()
+
+    def _rows(self, entries: Iterable[Entry | bytes]) -> Iterable[tuple[Any, ...]]:
+        tree, report = self.tree, self.report
+        for e in entries:
+            if isinstance(e, bytes):
+                continue  # vanished (from stat)
+            path = e.path
+            problem = check_relpath(path)
+            if problem:
+                report.warn(f"{show_path(tree.name, path)}: skipped: the name {problem}", count="errors")
+                continue
+            if e.kind == "o":
+                report.warn(f"{show_path(tree.name, path)}: skipped: not a file, directory or symlink",
+                            count="skipped")
+                continue
+            if not tree.accepts(path):
+                continue
+            yield (path, split(path), e.kind, tree.classify(path, e.kind), e.size, e.mtime_ns,
+                   e.mode & 0o7777, e.inode, e.link)
+
+    def _load(self, entries: Iterable[Entry | bytes], *, keep_dirs: bool = False) -> int:
+        """Insert entries into ``seen``; with ``keep_dirs`` an already seen directory keeps its row."""
+        conn = self.conn
+        put = "INSERT OR REPLACE INTO seen VALUES(?,?,?,?,?,?,?,?,?)"
+        put_dir = "INSERT OR IGNORE INTO seen VALUES(?,?,?,?,?,?,?,?,?)" if keep_dirs else put
+        n = 0
+        files: list[tuple[Any, ...]] = []
+        dirs: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            conn.execute("BEGIN")
+            conn.executemany(put, files)
+            conn.executemany(put_dir, dirs)
+            conn.execute("COMMIT")
+            files.clear()
+            dirs.clear()
+
+        for row in self._rows(entries):
+            (dirs if row[2] == "d" else files).append(row)
+            n += 1
+            if len(files) + len(dirs) >= CHUNK:
+                flush()
+        flush()
+        self.report.add(entries_listed=n)
+        return n
+
+    def _relist(self, source: Source) -> None:
+        """Incremental listing: entries of changed directories, stats of stale paths."""
+        conn, name = self.conn, self.tree.name
+        conn.execute(
+            "INSERT INTO relist SELECT s.path FROM seen s LEFT JOIN main.files f"
+            " ON f.tree = ? AND f.path = s.path WHERE s.kind = 'd'"
+            " AND (f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)", (name,))
+        relisted = conn.execute("SELECT count(*) FROM relist").fetchone()[0]
+        dirs = conn.execute("SELECT count(*) FROM seen WHERE kind = 'd'").fetchone()[0]
+        if relisted > max(100, RELIST_WALK_FRACTION * dirs):
+            # Most directories changed: one walk is cheaper than listing them one by one.
+            log.info("%s: %d of %d directories changed; walking the whole tree", name, relisted, dirs)
+            conn.execute("DELETE FROM seen")
+            conn.execute("DELETE FROM relist")
+            self.full_cover = True
+            self._load(source.walk(self.tree.root, prune=self.tree.prune))
+            return
+        self.report.add(dirs_relisted=relisted)
+        last = None
+        while True:
+            batch = [r[0] for r in conn.execute(
+                "SELECT path FROM relist WHERE ?1 IS NULL OR path > ?1 ORDER BY path LIMIT ?2", (last, CHUNK))]
+            if not batch:
+                break
+            last = batch[-1]
+            self._load(source.list_dirs(self.tree.root, batch), keep_dirs=True)
+        stale = [r[0] for r in conn.execute(
+            "SELECT f.path FROM main.files f WHERE f.tree = ? AND f.stale = 1 AND f.kind <> 'd'"
+            " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path)"
+            " AND (f.dir IS NULL OR f.dir NOT IN (SELECT path FROM relist))", (name,))]
+        if stale:
+            self._load(source.stat(self.tree.root, stale), keep_dirs=True)
+
+    def _reconcile_with_disk(self) -> None:
+        """--full/--final trust nothing: what is on disk but differs from the state becomes stale."""
+        assert self.replica is not None
+        conn, tree = self.conn, self.tree
+        rows: list[tuple[Any, ...]] = []
+        t0 = time.monotonic()
+
+        def flush() -> None:
+            conn.execute("BEGIN")
+            conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
+            conn.execute("COMMIT")
+            rows.clear()
+
+        for row in self.replica.walk(tree.name):
+            rows.append(row)
+            if len(rows) >= CHUNK:
+                flush()
+        flush()
+        matches = """EXISTS (SELECT 1 FROM disk d WHERE d.path = f.path AND d.kind = f.kind AND (f.kind = 'd'
+            OR (f.kind = 'l' AND d.link IS f.link)
+            OR (f.kind = 'f' AND d.size = f.size AND d.mtime_ns = f.mtime_ns AND d.mode = f.mode)))"""
+        unknown = [(tree.name, p, split(p), k, tree.classify(p, k)) for p, k in conn.execute(
+            "SELECT d.path, d.kind FROM disk d WHERE d.kind IN ('f', 'l', 'd') AND NOT EXISTS"
+            " (SELECT 1 FROM main.files f WHERE f.tree = ? AND f.path = d.path)", (tree.name,))]
+        with st.write(conn):
+            conn.execute(f"UPDATE main.files AS f SET stale = 1 WHERE f.tree = ? AND f.stale = 0 AND NOT {matches}",
+                         (tree.name,))
+            conn.executemany(_MARK_STALE, unknown)
+        self.report.add(verify_seconds=time.monotonic() - t0)
+
+    def _diff(self) -> None:
+        conn, name = self.conn, self.tree.name
+        force = 1 if self.final else 0
+        conn.execute("BEGIN")
+        conn.execute(f"""
+            INSERT INTO todo(path, dir, kind, cls, size, mtime_ns, mode, inode, link, action)
+            SELECT s.path, s.dir, s.kind, s.cls, s.size, s.mtime_ns, s.mode, s.inode, s.link,
+                CASE WHEN f.path IS NULL OR f.size < 0 THEN {NEW} WHEN {_DIFFERS} THEN {CHANGED} ELSE {RECOPY} END
+            FROM seen s LEFT JOIN main.files f ON f.tree = :tree AND f.path = s.path
+            WHERE s.kind IN ('f', 'l') AND (f.path IS NULL OR f.size < 0 OR {_DIFFERS}
+                OR (:force AND s.cls = {CLS_META}))
+            ORDER BY s.path""", {"tree": name, "force": force})
+        ins = "INSERT OR IGNORE INTO dels SELECT f.path, f.kind, f.size FROM "
+        if self.full_cover:
+            conn.execute(ins + f"main.files f WHERE f.tree = ? AND {_NOT_SEEN}", (name,))
+        else:
+            conn.execute(
+                "INSERT INTO gone SELECT f.path FROM main.files f WHERE f.tree = ? AND f.cls = ?"
+                " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = 'd')", (name, CLS_DIR))
+            conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.cls > 0 AND {_NOT_SEEN}", (name,))
+            conn.execute(ins + f"relist r JOIN main.files f ON f.tree = ? AND f.dir = r.path WHERE {_NOT_SEEN}",
+                         (name,))
+            conn.execute(ins + "gone g JOIN main.files f ON f.tree = ? AND f.dir = g.path", (name,))
+            conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.stale = 1 AND {_NOT_SEEN}", (name,))
+        conn.execute("COMMIT")
+
+    def _compare_checksums(self, source: Source) -> None:
+        """--checksum: the source's sha256 against the replica's for every file not fetched anyway."""
+        conn, last = self.conn, None
+        while True:
+            batch = [r[0] for r in conn.execute(
+                "SELECT s.path FROM seen s WHERE s.kind = 'f' AND (?1 IS NULL OR s.path > ?1)"
+                " AND NOT EXISTS (SELECT 1 FROM todo t WHERE t.path = s.path) ORDER BY s.path LIMIT ?2",
+                (last, 500))]
+            if not batch:
+                break
+            last = batch[-1]
+            bad = []
+            for path, digest in source.checksum(self.tree.root, batch):
+                if digest is None or digest != self._local_sha256(path):
+                    bad.append(path)
+            if bad:
+                self.report.add(checksum_mismatches=len(bad))
+                for path in bad[:10]:
+                    self.report.warn(f"{show_path(self.tree.name, path)}: sha256 differs from the source; copied again")
+                conn.execute("BEGIN")
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO todo(path, dir, kind, cls, size, mtime_ns, mode, inode, link, action)"
+                    f" SELECT path, dir, kind, cls, size, mtime_ns, mode, inode, link, {CHANGED} FROM seen"
+                    f" WHERE path = ?", [(p,) for p in bad])
+                conn.execute("COMMIT")
+
+    def _local_sha256(self, path: bytes) -> str | None:
+        if self.replica is None:
+            return None
+        digest = hashlib.sha256()
+        try:
+            with open(self.replica.path(self.tree.name, path), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError:
+            return None
+        return digest.hexdigest()
+
+    def _count(self) -> None:
+        conn = self.conn
+        for action, files, nbytes in ((NEW, "files_new", "bytes_new"), (CHANGED, "files_changed", "bytes_changed"),
+                                      (RECOPY, "files_recopied", "bytes_recopied")):
+            n, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM todo WHERE action = ?",
+                                   (action,)).fetchone()
+            self.report.add(**{files: n, nbytes: size})
+        n, size = conn.execute(
+            "SELECT count(*), coalesce(sum(max(size, 0)), 0) FROM dels d WHERE kind <> 'd'"
+            " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = d.path)").fetchone()
+        self.report.add(files_deleted=n, bytes_deleted=size)
+        self.report.add(dirs_total=conn.execute("SELECT count(*) FROM seen WHERE kind = 'd'").fetchone()[0])
+
+    def planned_bytes(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(sum(size), 0) FROM todo WHERE kind = 'f'").fetchone()[0])
+
+    # ----------------------------------------------------------------- apply
+
+    def apply(self, source: Source, progress: Progress) -> None:
+        """Delete, create directories, fetch in durable batches, then record directories."""
+        if self.skipped:
+            return
+        self._delete()
+        self._make_dirs()
+        self._fetch(source, progress)
+        self._finish_dirs()
+
+    def _delete(self) -> None:
+        assert self.replica is not None
+        conn, name, replica = self.conn, self.tree.name, self.replica
+        kept = 0
+        last = None
+        while True:
+            rows = conn.execute(
+                "SELECT d.path, d.kind, EXISTS (SELECT 1 FROM seen s WHERE s.path = d.path)"
+                " FROM dels d WHERE ?1 IS NULL OR d.path < ?1 ORDER BY d.path DESC LIMIT ?2", (last, CHUNK)).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            dropped = []
+            for path, _kind, replaced in rows:
+                if self.delete or replaced or not replica.exists(name, path):
+                    replica.remove(name, path)
+                    dropped.append((name, path))
+                    parent = split(path)
+                    if parent is not None:
+                        self.touched.add(parent)
+                else:
+                    kept += 1
+            if dropped:
+                replica.sync()
+                with st.write(conn):
+                    conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", dropped)
+        if kept:
+            self.report.add(files_kept=kept)
+
+    def _make_dirs(self) -> None:
+        assert self.replica is not None
+        conn, name = self.conn, self.tree.name
+        new = conn.execute(
+            "SELECT s.path, s.dir FROM seen s LEFT JOIN main.files f ON f.tree = ? AND f.path = s.path"
+            " WHERE s.kind = 'd' AND (f.path IS NULL OR f.kind <> 'd' OR f.stale = 1) ORDER BY s.path",
+            (name,)).fetchall()
+        for i in range(0, len(new), CHUNK):
+            chunk = new[i:i + CHUNK]
+            with st.write(conn):
+                conn.executemany(_MARK_STALE, [(name, p, d, "d", CLS_DIR) for p, d in chunk])
+            for path, parent in chunk:
+                self.replica.ensure_dir(name, path)
+                if parent is not None:
+                    self.touched.add(parent)
+
+    def _fetch(self, source: Source, progress: Progress) -> None:
+        conn, last = self.conn, 0
+        while True:
+            rows = conn.execute(
+                "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link FROM todo"
+                " WHERE id > ? ORDER BY id LIMIT ?", (last, self.batch_files)).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            batch: list[tuple[Any, ...]] = []
+            size = 0
+            for row in rows:
+                batch.append(row)
+                size += max(row[5], 0)
+                if size >= self.batch_bytes:
+                    self._batch(source, batch, progress)
+                    batch, size = [], 0
+            if batch:
+                self._batch(source, batch, progress)
+
+    def _batch(self, source: Source, rows: list[tuple[Any, ...]], progress: Progress) -> None:
+        """One durable batch: mark stale, write and rename, sync, record."""
+        assert self.replica is not None
+        conn, name, replica, report = self.conn, self.tree.name, self.replica, self.report
+        with st.write(conn):
+            conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in rows])
+        expected = {r[1]: r for r in rows if r[3] == "f"}
+        done: list[tuple[Any, ...]] = []
+        gone: list[tuple[str, bytes]] = []
+        fetched = 0
+        for item in source.fetch(self.tree.root, list(expected)):
+            if isinstance(item, bytes):
+                if item in expected:
+                    replica.remove(name, item)
+                    gone.append((name, item))
+                    report.add(files_vanished=1)
+                continue
+            row = expected.pop(item.entry.path, None)
+            if row is None:
+                item.skip()
+                continue
+            done.append(self._store(row, item))
+            fetched += done[-1][5]
+            progress.advance(done[-1][5])
+        for r in rows:
+            if r[3] == "l":
+                replica.write_link(name, r[1], r[9] or b"", r[6])
+                done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
+        for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
+            report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
+        done = self._recheck_metadata(source, done)
+        replica.sync()
+        with st.write(conn):
+            conn.executemany(_UPSERT, done)
+            conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
+        for r in done:
+            if r[2] is not None:
+                self.touched.add(r[2])
+        report.add(bytes_fetched=fetched)
+
+    def _store(self, row: tuple[Any, ...], item: Fetched) -> tuple[Any, ...]:
+        assert self.replica is not None
+        _id, path, parent, _kind, cls, size, mtime_ns, _mode, inode, _link = row
+        sent = item.entry
+        mtime = mtime_ns if same_mtime(mtime_ns, sent.mtime_ns) else sent.mtime_ns
+        written = self.replica.write_file(self.tree.name, path, item, sent.mode & 0o7777, mtime)
+        changed = written != sent.size or sent.size != size or mtime != mtime_ns
+        if changed:
+            self.report.warn(f"{show_path(self.tree.name, path)}: changed while it was copied; "
+                             "copied again next pass", count="files_changed_during")
+        return (self.tree.name, path, parent, "f", cls, written, mtime, sent.mode & 0o7777,
+                sent.inode or inode, None, 1 if changed else 0)
+
+    def _recheck_metadata(self, source: Source, done: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Stat metadata files again after reading them: a change during the read marks them stale."""
+        meta = {r[1]: i for i, r in enumerate(done) if r[4] == CLS_META and r[3] == "f" and not r[10]}
+        if not meta:
+            return done
+        for e in source.stat(self.tree.root, list(meta)):
+            path = e if isinstance(e, bytes) else e.path
+            i = meta.get(path)
+            if i is None:
+                continue
+            r = done[i]
+            if isinstance(e, bytes) or e.size != r[5] or not same_mtime(e.mtime_ns, r[6]):
+                self.report.warn(f"{show_path(self.tree.name, path)}: changed while it was copied; "
+                                 "copied again next pass", count="files_changed_during")
+                done[i] = (*r[:10], 1)
+        return done
+
+    def _finish_dirs(self) -> None:
+        """Give directories their source attributes, then record them (after their entries)."""
+        assert self.replica is not None
+        conn, name = self.conn, self.tree.name
+        rows = conn.execute(
+            "SELECT s.path, s.dir, s.size, s.mtime_ns, s.mode, s.inode FROM seen s LEFT JOIN main.files f"
+            " ON f.tree = ? AND f.path = s.path WHERE s.kind = 'd' AND (f.path IS NULL OR f.stale = 1"
+            " OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.mode <> s.mode)", (name,)).fetchall()
+        changed = {r[0] for r in rows}
+        touched = [p for p in self.touched if p not in changed]
+        for i in range(0, len(touched), CHUNK):
+            rows += conn.execute(
+                f"SELECT path, dir, size, mtime_ns, mode, inode FROM seen WHERE kind = 'd' AND path IN"
+                f" ({','.join('?' * len(touched[i:i + CHUNK]))})", touched[i:i + CHUNK]).fetchall()
+        rows.sort(key=lambda r: r[0], reverse=True)  # children before parents
+        for path, _parent, _size, mtime_ns, mode, _inode in rows:
+            self.replica.set_dir_attrs(name, path, mode, mtime_ns)
+        records = [(name, p, d, "d", CLS_DIR, s, m, mode, ino, None, 0)
+                   for p, d, s, m, mode, ino in rows if p in changed]
+        for i in range(0, len(records), CHUNK):
+            with st.write(conn):
+                conn.executemany(_UPSERT, records[i:i + CHUNK])
+
+    # ---------------------------------------------------------------- verify
+
+    def verify(self) -> tuple[int, int]:
+        """--final: compare the replica on disk with this pass's listing; return (files, bytes)."""
+        assert self.replica is not None
+        conn, name, report = self.conn, self.tree.name, self.report
+        if self.skipped:
+            report.differ(f"{name}: not compared (source directory missing)")
+            return 0, 0
+        t0 = time.monotonic()
+        conn.execute("DELETE FROM disk")
+        rows: list[tuple[Any, ...]] = []
+        for row in self.replica.walk(name):
+            rows.append(row)
+            if len(rows) >= CHUNK:
+                conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
+                rows.clear()
+        conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
+        for (path,) in conn.execute(
+                "SELECT s.path FROM seen s WHERE NOT EXISTS (SELECT 1 FROM disk d WHERE d.path = s.path"
+                " AND d.kind = s.kind) ORDER BY s.path"):
+            report.differ(f"{show_path(name, path)}: missing in the replica")
+        for path, what in conn.execute(
+                "SELECT s.path, CASE WHEN s.kind = 'l' THEN 'symlink target' WHEN d.size <> s.size THEN 'size'"
+                " WHEN d.mtime_ns <> s.mtime_ns THEN 'mtime' ELSE 'mode' END FROM seen s JOIN disk d"
+                " ON d.path = s.path AND d.kind = s.kind WHERE (s.kind = 'f' AND (d.size <> s.size OR"
+                " d.mtime_ns <> s.mtime_ns OR d.mode <> s.mode)) OR (s.kind = 'l' AND d.link IS NOT s.link)"
+                " ORDER BY s.path"):
+            report.differ(f"{show_path(name, path)}: {what} differs from the source")
+        extra = conn.execute("SELECT d.path, d.kind FROM disk d WHERE NOT EXISTS"
+                             " (SELECT 1 FROM seen s WHERE s.path = d.path) ORDER BY d.path").fetchall()
+        for path, kind in extra:
+            below = conn.execute("SELECT 1 FROM seen WHERE path > ? AND substr(path, 1, ?) = ? LIMIT 1",
+                                 (path, len(path) + 1, path + b"/")).fetchone()
+            if kind == "d" and below:
+                continue  # a parent spoolmig made for an included file
+            report.differ(f"{show_path(name, path)}: in the replica but not on the source")
+        for (path,) in conn.execute("SELECT path FROM main.files WHERE tree = ? AND stale = 1 ORDER BY path",
+                                    (name,)):
+            report.differ(f"{show_path(name, path)}: changed during the pass")
+        files, size = conn.execute(
+            "SELECT count(*), coalesce(sum(CASE WHEN kind = 'f' THEN size ELSE 0 END), 0) FROM seen"
+            " WHERE kind IN ('f', 'l')").fetchone()
+        report.add(verify_seconds=time.monotonic() - t0)
+        return int(files), int(size)
+
+
+def source_digest(source: Source, tree: Tree) -> tuple[str, int]:
+    """A cheap listing of a tree as one digest (for --final's quiet check)."""
+    digest = hashlib.sha256()
+    n = 0
+    entries = (source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune) if tree.cheap
+               else source.walk(tree.root, prune=tree.prune))
+    for e in entries:
+        digest.update(b"%s\0%s\0%d\0%d\0%d\0%s\n" % (e.path, e.kind.encode(), e.size, e.mtime_ns, e.inode,
+                                                   e.link or b""))
+        n += 1
+    return digest.hexdigest(), n
+
