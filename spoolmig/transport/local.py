@@ -259,8 +259,10 @@ class LocalSource:
             return None
         return fd, st
 
-    def fetch(self, root: str, paths: Iterable[bytes]) -> Iterator[Fetched | bytes]:
-        for path, dirfd, name in self._per_path(root, paths):
+    def fetch(self, root: str, paths: Iterable[bytes | Entry]) -> Iterator[Fetched | bytes]:
+        """Open each file with O_NOFOLLOW below verified directories; Entries are accepted as paths."""
+        plain = (p.path if isinstance(p, Entry) else p for p in paths)
+        for path, dirfd, name in self._per_path(root, plain):
             opened = self._open_file(dirfd, name, path)
             if opened is None:
                 yield path

@@ -735,7 +735,7 @@ class SshSource:
                         from None
                 if member is None:
                     break
-                path = _remote.strip_dot(member.path)
+                path = _remote.strip_dot(member.path.rstrip(b"/"))
                 pos = yield from _catch_up(batch, pos, path)
                 if not member.is_file:
                     yield pos, path

@@ -1,0 +1,323 @@
+"""One behavioural suite for every source: a local folder, SSH (shell), SSH (SFTP fallback).
+
+The SSH sources talk to a real OpenSSH sshd on 127.0.0.1 (tests/sshd.py);
+the "remote" tree is a temp folder on this machine, so the ground truth for
+every answer is ``os.lstat``/``open`` on the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from spoolmig.transport.base import Entry, Fetched, Source
+from spoolmig.transport.local import LocalSource
+from spoolmig.transport.ssh import SshSource
+
+ROOT = "/var/spool/imap"
+MTIME_NS = 1_600_000_000_123_456_789
+
+#: Hostile names: spaces, quotes, $, backticks, newlines, backslashes, globs, non-UTF-8, leading dashes.
+HOSTILE = [b"a b", b"q'uote", b'd"q', b"$HOME", b"`id`", b"new\nline", b"back\\slash",
+           b"st*r[x]?", b"\xff\xfe latin\xe9", b"-rf", b"--help", b" lead", b"tab\there"]
+LARGE = 70 * (1 << 20)
+
+
+def _content(name: bytes) -> bytes:
+    return b"message " + name + b"\n" * 3
+
+
+@dataclass
+class Tree:
+    folder: Path  # stands for the old server's "/"
+    spool: Path  # folder + ROOT
+    outside: Path  # a secret that no source may ever read
+    files: dict[bytes, bytes]  # relative path -> content, every regular file in the tree
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
+    base = tmp_path_factory.mktemp("transport")
+    folder = base / "old"
+    spool = folder / ROOT.lstrip("/")
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"TOP SECRET outside the tree\n")
+    files: dict[bytes, bytes] = {}
+
+    def put(rel: bytes, data: bytes, mode: int = 0o600) -> None:
+        path = os.path.join(bytes(spool), rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        os.utime(path, ns=(MTIME_NS, MTIME_NS + len(rel)))
+        files[rel] = data
+
+    for i in range(1, 40):
+        put(b"b/user/bob/%d." % i, b"Subject: %d\r\n\r\nbody\r\n" % i * i)
+    put(b"b/user/bob/cyrus.header", b"\241\002\213\015Cyrus mailbox header\n", 0o644)
+    put(b"b/user/bob/cyrus.index", b"\0" * 96, 0o640)
+    put(b"b/user/bob/cyrus.cache", b"")  # empty file
+    for name in HOSTILE:
+        put(b"h/user/" + name + b"/1.", _content(name))
+        put(b"h/user/" + name + b"/cyrus.header", b"hdr " + name)
+        put(b"h/files/" + name, _content(name), 0o644)
+    with open(outside / "big", "wb") as f:  # built once, hard-linked in: saves disk and time
+        block = hashlib.sha256(b"seed").digest() * 32768
+        for _ in range(LARGE // len(block)):
+            f.write(block)
+    os.makedirs(spool / "big", exist_ok=True)
+    os.link(outside / "big", spool / "big" / "70m.")
+    os.utime(spool / "big" / "70m.", ns=(MTIME_NS, MTIME_NS))
+    files[b"big/70m."] = (outside / "big").read_bytes()
+    # Symlinks pointing outside: reported, never followed.
+    os.symlink(outside / "secret", spool / "b" / "user" / "bob" / "evil")
+    os.symlink("../../../../../outside", spool / "b" / "user" / "outdir")
+    os.mkfifo(spool / "b" / "fifo")
+    return Tree(folder=folder, spool=spool, outside=outside, files=files)
+
+
+@pytest.fixture(params=["local", "ssh", "sftp"])
+def src(request: pytest.FixtureRequest, tree: Tree) -> Iterator[tuple[Source, str]]:
+    """(source, root) — the same tree seen through each transport."""
+    if request.param == "local":
+        source: Source = LocalSource(tree.folder)
+        root = ROOT
+    else:
+        server = request.getfixturevalue("sshd" if request.param == "ssh" else "sftp_only_sshd")
+        server.start()
+        source = SshSource(server.host, server.port, server.user, known_hosts=str(server.known_hosts),
+                           identity_file=str(server.identity_file))
+        assert source.mode == ("shell" if request.param == "ssh" else "sftp")
+        root = str(tree.spool)
+    try:
+        yield source, root
+    finally:
+        source.close()
+
+
+def _precise(source: Source) -> bool:
+    return not isinstance(source, SshSource) or source.mode == "shell"
+
+
+def _expected(tree: Tree, rel: bytes, precise: bool) -> tuple[str, int, int, int]:
+    st = os.lstat(os.path.join(bytes(tree.spool), rel) if rel else bytes(tree.spool))
+    mtime = st.st_mtime_ns if precise else st.st_mtime_ns // 10**9 * 10**9
+    kind = {0o100000: "f", 0o040000: "d", 0o120000: "l"}.get(st.st_mode & 0o170000, "o")
+    return kind, st.st_size, mtime, st.st_mode & 0o7777
+
+
+def _all_paths(tree: Tree) -> set[bytes]:
+    out = {b""}
+    for dirpath, dirnames, filenames in os.walk(bytes(tree.spool)):
+        rel = os.path.relpath(dirpath, bytes(tree.spool))
+        for name in dirnames + filenames:
+            out.add(os.path.normpath(os.path.join(rel, name)))
+    return out
+
+
+def test_walk_lists_every_entry_with_lstat_values(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    entries = list(source.walk(root))
+    assert entries[0].path == b"" and entries[0].kind == "d"
+    by_path = {e.path: e for e in entries}
+    assert len(by_path) == len(entries), "no entry twice"
+    assert set(by_path) == _all_paths(tree)
+    position = {e.path: i for i, e in enumerate(entries)}
+    for e in entries:
+        if e.path:
+            assert position[e.path.rpartition(b"/")[0]] < position[e.path], "a directory precedes its contents"
+        kind, size, mtime, mode = _expected(tree, e.path, _precise(source))
+        assert (e.kind, e.mtime_ns, e.mode) == (kind, mtime, mode), e.path
+        assert e.size == size, e.path
+    assert by_path[b"b/user/bob/1."].mtime_ns == (MTIME_NS + 13 if _precise(source)
+                                                   else (MTIME_NS + 13) // 10**9 * 10**9)
+    assert by_path[b"b/user/bob/evil"].kind == "l"
+    assert by_path[b"b/user/bob/evil"].link == bytes(tree.outside / "secret")
+    assert by_path[b"b/user/outdir"].link == b"../../../../../outside"
+    assert by_path[b"b/fifo"].kind == "o"
+    assert not any(p.startswith(b"b/user/outdir/") for p in by_path), "a symlinked dir is not entered"
+
+
+def test_cheap_walk_yields_only_dirs_and_matching_files(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    paths = {e.path: e for e in source.walk(root, only_dirs_and=[b"cyrus.*"])}
+    expected = {p for p in _all_paths(tree)
+                if os.path.isdir(os.path.join(bytes(tree.spool), p)) and not os.path.islink(os.path.join(bytes(tree.spool), p))
+                or os.path.basename(p).startswith(b"cyrus.")}
+    assert set(paths) == expected
+    assert paths[b"b/user/bob/cyrus.index"].size == 96
+    assert b"h/user/new\nline/cyrus.header" in paths
+    assert not any(p.endswith(b"/1.") for p in paths)
+
+
+def test_walk_prune_and_missing_root(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    paths = {e.path for e in source.walk(root, prune=[b"h/user", b"big"])}
+    assert b"h" in paths and b"h/files/a b" in paths
+    assert not any(p == b"big" or p.startswith((b"h/user", b"big/")) for p in paths)
+    assert list(source.walk(root + "/no/such/dir")) == []
+
+
+def test_list_dirs(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    dirs = [b"h/user/" + n for n in HOSTILE] + [b"gone", b"b/user/outdir", b"b/user/bob"]
+    got = list(source.list_dirs(root, dirs))
+    paths = [e.path for e in got]
+    assert len(paths) == len(set(paths))
+    expected = set()
+    for d in [b"h/user/" + n for n in HOSTILE] + [b"b/user/bob"]:
+        expected |= {d + b"/" + n for n in os.listdir(os.path.join(bytes(tree.spool), d))}
+    assert set(paths) == expected, "vanished dirs and symlinked dirs yield nothing"
+    for e in got:
+        kind, size, mtime, mode = _expected(tree, e.path, _precise(source))
+        assert (e.kind, e.size, e.mtime_ns, e.mode) == (kind, size, mtime, mode)
+
+
+def test_stat_in_order_with_vanished_as_bare_paths(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    ask = [b"b/user/bob/1.", b"nope", b"h/files/-rf", b"b/user/outdir/secret", b"b/user/bob/evil", b"",
+           b"h/files/new\nline", b"b/user/bob/cyrus.cache"]
+    got = list(source.stat(root, ask))
+    assert [g if isinstance(g, bytes) else g.path for g in got] == ask
+    assert got[1] == b"nope"
+    assert got[3] == b"b/user/outdir/secret", "never resolved through a symlinked directory"
+    for g in got:
+        if isinstance(g, Entry):
+            kind, size, mtime, mode = _expected(tree, g.path, _precise(source))
+            assert (g.kind, g.mtime_ns, g.mode) == (kind, mtime, mode)
+    assert got[4].kind == "l" and got[7].size == 0
+
+
+def _read(f: Fetched, chunk: int = 65536) -> bytes:
+    parts = []
+    while data := f.read(chunk):
+        parts.append(data)
+    return b"".join(parts)
+
+
+def test_fetch_content_mtime_mode_size_and_order(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    ask = sorted(p for p in tree.files if not p.startswith(b"big/"))
+    ask[3:3] = [b"vanished/1.", b"b/user/bob/evil", b"b/user/outdir/secret", b"b/fifo", b"b/user"]
+    got: list[bytes | tuple[Entry, bytes]] = []
+    for item in source.fetch(root, ask):
+        if isinstance(item, bytes):
+            got.append(item)
+        else:
+            got.append((item.entry, _read(item)))
+    assert [g if isinstance(g, bytes) else g[0].path for g in got] == ask
+    assert got[3:8] == [b"vanished/1.", b"b/user/bob/evil", b"b/user/outdir/secret", b"b/fifo", b"b/user"]
+    for g in got:
+        if isinstance(g, bytes):
+            continue
+        entry, data = g
+        assert data == tree.files[entry.path], entry.path
+        kind, size, mtime, mode = _expected(tree, entry.path, _precise(source))
+        assert (entry.kind, entry.size, entry.mtime_ns, entry.mode) == ("f", len(data), mtime, mode)
+    assert not any(b"TOP SECRET" in g[1] for g in got if not isinstance(g, bytes))
+
+
+def test_fetch_entries_keep_listing_nanoseconds(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    entries = list(source.stat(root, [b"b/user/bob/2.", b"b/user/bob/cyrus.index"]))
+    got = [(f.entry, _read(f)) for f in source.fetch(root, entries) if not isinstance(f, bytes)]
+    assert [e.path for e, _ in got] == [b"b/user/bob/2.", b"b/user/bob/cyrus.index"]
+    for (entry, data), listed in zip(got, entries):
+        assert entry.mtime_ns == listed.mtime_ns and data == tree.files[entry.path]
+
+
+def test_fetch_skip_and_partial_reads(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    ask = [b"b/user/bob/5.", b"b/user/bob/6.", b"b/user/bob/7."]
+    out = []
+    for i, f in enumerate(source.fetch(root, ask)):
+        assert isinstance(f, Fetched)
+        if i == 1:
+            f.skip()
+            out.append(None)
+        else:
+            out.append(f.read(3) + _read(f, 7))
+    assert out == [tree.files[ask[0]], None, tree.files[ask[2]]]
+
+
+@pytest.mark.parametrize("as_entry", [False, True], ids=["path", "entry"])
+def test_fetch_large_file(src: tuple[Source, str], tree: Tree, as_entry: bool) -> None:
+    source, root = src
+    item: bytes | Entry = b"big/70m."
+    if as_entry:  # an Entry over 64 MiB goes by SFTP with prefetch over SSH
+        (item,) = list(source.stat(root, [item]))  # type: ignore[assignment]
+    seen = []
+    for x in source.fetch(root, [item, b"b/user/bob/1."]):
+        _take(x, tree)  # read each fully before advancing, as the protocol asks
+        seen.append(x.entry.path)  # type: ignore[union-attr]
+    assert seen == [b"big/70m.", b"b/user/bob/1."]
+
+
+def _take(x: Fetched | bytes, tree: Tree) -> None:
+    """Read a fetched item fully and check its content and size."""
+    assert isinstance(x, Fetched)
+    digest = hashlib.sha256()
+    n = 0
+    while data := x.read(1 << 20):
+        digest.update(data)
+        n += len(data)
+    assert digest.digest() == hashlib.sha256(tree.files[x.entry.path]).digest()
+    assert x.entry.size == n
+
+
+def test_checksum(src: tuple[Source, str], tree: Tree) -> None:
+    source, root = src
+    ask = [b"h/files/" + n for n in HOSTILE] + [b"gone", b"b/user/bob/evil", b"b/user/outdir/secret",
+                                                  b"b/user/bob/cyrus.cache", b"b/user"]
+    got = list(source.checksum(root, ask))
+    assert [p for p, _ in got] == ask
+    for path, digest in got:
+        if path in tree.files:
+            assert digest == hashlib.sha256(tree.files[path]).hexdigest(), path
+        else:
+            assert digest is None, path
+
+
+def test_cyrus_processes_is_a_list(src: tuple[Source, str]) -> None:
+    source, _root = src
+    procs = source.cyrus_processes()
+    assert isinstance(procs, list)
+    if isinstance(source, LocalSource):
+        assert procs == []
+
+
+def test_local_root_symlink_inside_folder_is_resolved_chroot_style(tmp_path: Path) -> None:
+    (tmp_path / "srv" / "imap" / "x").mkdir(parents=True)
+    (tmp_path / "srv" / "imap" / "x" / "1.").write_bytes(b"m")
+    (tmp_path / "var").mkdir()
+    os.symlink("/srv", tmp_path / "var" / "spool")  # absolute: means <folder>/srv
+    source = LocalSource(tmp_path)
+    assert [e.path for e in source.walk(ROOT)] == [b"", b"x", b"x/1."]
+
+
+def test_local_root_symlink_cannot_escape_the_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "imap"
+    outside.mkdir(parents=True)
+    (outside / "secret").write_bytes(b"s")
+    folder = tmp_path / "old"
+    (folder / "var" / "spool").mkdir(parents=True)
+    os.symlink("../../../outside/imap", folder / "var" / "spool" / "imap")  # climbs above the folder
+    os.symlink(str(outside), folder / "var" / "spool" / "abs")  # absolute: means <folder>/<outside>
+    source = LocalSource(folder)
+    assert list(source.walk(ROOT)) == []
+    assert list(source.walk("/var/spool/abs")) == []
+    assert list(source.fetch(ROOT, [b"secret"])) == [b"secret"]
+
+
+def test_relative_paths_are_checked(src: tuple[Source, str]) -> None:
+    source, root = src
+    for bad in (b"../x", b"/etc/passwd", b"a/./b", b"a//b"):
+        with pytest.raises(ValueError):
+            list(source.stat(root, [bad]))
