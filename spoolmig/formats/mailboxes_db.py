@@ -41,7 +41,7 @@ __all__ = [
     "DEFAULT_DELETEDPREFIX", "HistoryItem", "MailboxEntry", "MailboxList", "MbType", "SkippedKey",
     "ValueFormat", "CyrusVersion", "dbname_to_intname", "encode_dlist_value", "encode_legacy_value",
     "encode_v2_records", "build_records", "intname_to_dbname", "parse_value", "parse_version", "read",
-    "to_bytes", "to_str",
+    "to_bytes", "to_str", "strtoul16", "iter_acl_pairs",
 ]
 
 ValueFormat = Literal["legacy", "extended", "dlist", "v2"]
@@ -315,7 +315,7 @@ def _split_parts(boxes: list[str], dp: str) -> tuple[int, str | None, list[str]]
     boxes = list(boxes)
     if len(boxes) > 2 and boxes[0] == dp:
         boxes.pop(0)
-        deleted = _strtoul16(boxes.pop())
+        deleted = strtoul16(boxes.pop())
     localpart = None
     if len(boxes) > 1 and boxes[0] == "user":
         boxes.pop(0)
@@ -336,7 +336,7 @@ def _dbname_from_parts(domain: str | None, deleted: int, localpart: str | None, 
     return out + DB_HIERSEP.join(parts)
 
 
-def _strtoul16(text: str) -> int:
+def strtoul16(text: str) -> int:
     """C ``strtoul(text, NULL, 16)`` truncated to 32 bits, as Cyrus stores the deletion time."""
     m = re.match(r"\s*[+-]?(?:0[xX])?([0-9a-fA-F]*)", text)
     digits = m.group(1) if m else ""
