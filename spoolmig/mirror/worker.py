@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 CHUNK = 5000
 #: Re-list everything with one walk when more directories than this fraction changed.
 RELIST_WALK_FRACTION = 0.5
+#: ... and more than this many (below it, listing them is cheap anyway).
+RELIST_WALK_MIN = 100
 
 _TEMP_TABLES = """
 DROP TABLE IF EXISTS temp.seen; DROP TABLE IF EXISTS temp.relist; DROP TABLE IF EXISTS temp.gone;
@@ -170,7 +172,7 @@ class TreeWorker:
             " AND (f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)", (name,))
         relisted = conn.execute("SELECT count(*) FROM relist").fetchone()[0]
         dirs = conn.execute("SELECT count(*) FROM seen WHERE kind = 'd'").fetchone()[0]
-        if relisted > max(100, RELIST_WALK_FRACTION * dirs):
+        if relisted > max(RELIST_WALK_MIN, RELIST_WALK_FRACTION * dirs):
             # Most directories changed: one walk is cheaper than listing them one by one.
             log.info("%s: %d of %d directories changed; walking the whole tree", name, relisted, dirs)
             conn.execute("DELETE FROM seen")
@@ -390,7 +392,9 @@ class TreeWorker:
         done: list[tuple[Any, ...]] = []
         gone: list[tuple[str, bytes]] = []
         fetched = 0
-        for item in source.fetch(self.tree.root, list(expected)):
+        wanted = [Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
+                  for r in expected.values()]
+        for item in source.fetch(self.tree.root, wanted):
             if isinstance(item, bytes):
                 if item in expected:
                     replica.remove(name, item)

@@ -1,0 +1,252 @@
+"""The mirror from a local folder: first copy, incremental convergence, what is (not) copied."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from test_mirror_support import (
+    Recording,
+    assert_mirrors,
+    assert_state_matches_disk,
+    load_config,
+    local_factory,
+    make_server,
+    temporaries,
+)
+
+from spoolmig.mirror.engine import Options, run_pass
+from spoolmig.transport.local import LocalSource
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # noqa: ANN201
+    server = make_server(tmp_path / "old")
+    cfg = load_config(tmp_path, server, tmp_path / "mirror")
+    return server, cfg
+
+
+def test_first_pass_copies_file_for_file(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    mirror = Path(cfg.mirror.path)
+    # runtime state and staging are not copied
+    assert not (mirror / "config" / "db").exists()
+    assert not (mirror / "config" / "deliver.db").exists()
+    assert not (mirror / "config" / "socket").exists()
+    assert not (mirror / "config" / "sieve").exists()  # mirrored once, as sieve/
+    assert (mirror / "sieve").is_dir()
+    assert (mirror / "config" / "mailboxes.db").is_file()
+    # the active sieve script link is a link, with its target as stored
+    links = [p for p in (mirror / "sieve").rglob("defaultbc")]
+    assert links and all(p.is_symlink() and os.readlink(p) == "default.bc" for p in links)
+    assert report.figures["files_new"] == sum(1 for _ in server.files()) - _not_copied(server)
+    assert temporaries(mirror) == []
+
+
+def _not_copied(server) -> int:  # noqa: ANN001
+    conf = server.path(server.configdirectory)
+    runtime = [conf / d for d in ("db", "socket", "proc", "log", "stage.")] + [conf / "deliver.db"]
+    n = 0
+    for p in runtime:
+        n += 1 if p.is_file() else sum(len(f) for _, _, f in os.walk(p))
+    return n
+
+
+def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert rec.fetched == [] and rec.listed == []
+    assert report.figures["files_new"] == report.figures["files_changed"] == report.figures["files_deleted"] == 0
+    # partitions are listed the cheap way (dirs + cyrus.* only)
+    assert all(cheap for root, cheap in rec.walks if "spool" in root)
+
+
+def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    delivered = server.deliver(1)[0]
+    expunged = server.expunge(1)[0]
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    listed_dirs = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    want = {os.fsencode(delivered.parent), os.fsencode(expunged.parent)}
+    assert listed_dirs == want
+    fetched = {p.rpartition(b"/")[2] for _, p in rec.fetched}
+    assert os.fsencode(delivered.name) in fetched
+    assert report.figures["files_new"] == 1 and report.figures["files_deleted"] == 1
+    assert report.figures["dirs_relisted"] == len(want)
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def test_all_kinds_of_change_converge(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    leaves = [n for n in sorted(server.mailboxes) if not any(o.startswith(n + ".") for o in server.mailboxes)]
+    server.deliver(7)
+    server.expunge(3)
+    server.create_mailbox("user.newbie")
+    server.create_mailbox("user.newbie.Sub", partition="second")
+    server.deliver(2)
+    server.delete_mailbox(leaves[1])
+    server.rename_mailbox(leaves[3], "user.renamed")
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    assert report.figures["files_deleted"] > 0 and report.figures["files_new"] > 0
+
+
+def test_index_rewritten_in_place_same_size_same_second(setup) -> None:  # noqa: ANN001
+    """Same size, same second, only the nanoseconds differ: rsync's quick check misses it."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    mbox = next(iter(server.mailboxes.values()))
+    index = server.mailbox_dir(mbox) / "cyrus.index"
+    st = index.stat()
+    data = bytearray(index.read_bytes())
+    data[0] ^= 0xFF
+    with open(index, "r+b") as f:
+        f.write(data)
+    second = st.st_mtime_ns // 10**9 * 10**9
+    new_ns = second + (st.st_mtime_ns - second + 1) % 10**9
+    os.utime(index, ns=(new_ns, new_ns))
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.figures["files_changed"] == 1
+    assert_mirrors(server.root, cfg)
+
+
+def test_index_rewritten_with_identical_stat_is_fixed_by_final(setup) -> None:  # noqa: ANN001
+    """A rewrite that keeps size and mtime to the nanosecond: only --final's unconditional re-copy sees it."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    changed = server.flag_change(2)
+    report = run_pass(cfg, local_factory(cfg), Options(final=True, quiet_wait=0.1))
+    assert report.statement is not None, report.differences
+    for index in changed:
+        tree, rel = _replica_path(server, cfg, index)
+        assert (Path(cfg.mirror.path) / tree / rel).read_bytes() == index.read_bytes()
+    assert report.figures["files_recopied"] >= 2
+
+
+def _replica_path(server, cfg, path: Path) -> tuple[str, str]:  # noqa: ANN001
+    for name, root in cfg.source.layout.partitions.items():
+        base = server.path(root)
+        if base in path.parents:
+            return f"partition-{name}", str(path.relative_to(base))
+    raise AssertionError(path)
+
+
+def test_jobs_mirror_partitions_in_parallel(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    opened = []
+
+    def factory():  # noqa: ANN202
+        opened.append(1)
+        return LocalSource(cfg.source.url.path)
+
+    report = run_pass(cfg, factory, Options(jobs=3))
+    assert report.exit_code() == 0
+    assert len(opened) >= 2  # more than one source connection was used
+    server.deliver(5)
+    server.expunge(2)
+    run_pass(cfg, factory, Options(jobs=3))
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def test_delete_false_keeps_and_reports(tmp_path: Path) -> None:
+    server = make_server(tmp_path / "old")
+    cfg = load_config(tmp_path, server, tmp_path / "mirror", mirror_extra="delete = false\n")
+    run_pass(cfg, local_factory(cfg))
+    gone = server.expunge(2)
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.figures["files_kept"] == 2 and report.figures["files_deleted"] == 2
+    for path in gone:
+        tree, rel = _replica_path(server, cfg, path)
+        assert (tmp_path / "mirror" / tree / rel).exists()
+
+
+def test_config_include_and_exclude(tmp_path: Path) -> None:
+    server = make_server(tmp_path / "old")
+    cfg = load_config(tmp_path, server, tmp_path / "mirror",
+                      mirror_extra='config_include = ["mailboxes.db", "user", "deliver.db"]\n'
+                                   'config_exclude = ["*.seen"]\n')
+    run_pass(cfg, local_factory(cfg))
+    conf = tmp_path / "mirror" / "config"
+    assert (conf / "mailboxes.db").is_file() and (conf / "deliver.db").is_file()
+    assert not (conf / "quota").exists()
+    assert list(conf.rglob("*.sub")) and not list(conf.rglob("*.seen"))
+
+
+def test_cyrus_temporaries_and_staging_are_not_copied(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    part = server.path(server.partitions["default"])
+    (part / "stage.").mkdir(exist_ok=True)
+    (part / "stage.").joinpath("1234-5678-1").write_bytes(b"half a delivery")
+    mbox = next(m for m in server.mailboxes.values() if server.partition_of[m.name] == "default")
+    (server.mailbox_dir(mbox) / "cyrus.index.NEW").write_bytes(b"torn")
+    run_pass(cfg, local_factory(cfg))
+    replica = tmp = Path(cfg.mirror.path) / "partition-default"
+    assert not (replica / "stage.").exists()
+    assert not list(tmp.rglob("*.NEW"))
+    assert_mirrors(server.root, cfg)
+
+
+def test_changed_tree_switches_to_one_walk(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """When most directories changed, one walk replaces listing them one by one."""
+    from spoolmig.mirror import worker
+
+    monkeypatch.setattr(worker, "RELIST_WALK_MIN", 0)
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    for mbox in list(server.mailboxes.values()):
+        server._append(mbox)
+    rec = Recording(LocalSource(cfg.source.url.path))
+    run_pass(cfg, lambda: rec)
+    default = cfg.source.layout.partitions["default"]
+    assert not [d for root, d in rec.listed if root == default]
+    assert (default, False) in rec.walks
+    assert_mirrors(server.root, cfg)
+
+
+def test_pass_figures_are_recorded(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    server.deliver(3)
+    run_pass(cfg, local_factory(cfg))
+    conn = sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite")
+    rows = conn.execute("SELECT mode, outcome, files_new, ended >= started, entries_listed FROM passes"
+                        " ORDER BY id").fetchall()
+    conn.close()
+    assert [r[:2] for r in rows] == [("incremental", "ok"), ("incremental", "ok")]
+    assert rows[1][2] == 3 and rows[0][3] == 1 and rows[1][4] < rows[0][4]
+
+
+def test_full_pass_repairs_a_tampered_replica(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    mirror = Path(cfg.mirror.path)
+    victim = next((mirror / "partition-default").rglob("1."))
+    victim.write_bytes(b"tampered")
+    stray = mirror / "partition-default" / "stray-file"
+    stray.write_bytes(b"not from the source")
+    gone = next((mirror / "config" / "user").rglob("*.sub"))
+    gone.unlink()
+    quick = run_pass(cfg, local_factory(cfg))
+    assert quick.figures["files_changed"] == 0  # an incremental pass trusts the state
+    run_pass(cfg, local_factory(cfg), Options(full=True))
+    assert not stray.exists()
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(mirror)
