@@ -80,6 +80,7 @@ class Log:
     # (type, offset, key, value, level) for ADD; (DELETE, offset, b"", b"", target)
     rolled_back: int = 0  # bytes of uncommitted tail
     zero_runs: list[tuple[int, int]] = field(default_factory=list)  # (offset, length)
+    stopped: tuple[int, str] | None = None  # where and why replay stopped before the end of the file
 
 
 def read_header(buf: Any, file: str) -> Header:
@@ -174,12 +175,13 @@ def scan_inorder(buf: Any, header: Header, file: str, sk: Any = None) -> tuple[a
     unsorted = None
     while off + 4 <= size and _u32(buf, off)[0] == INORDER:
         append(off)
+        end = _node_end(buf, off, size, file)
         if sk is not None and unsorted is None:
             k = sk(buf[off + 8:off + 8 + _u32(buf, off + 4)[0]])
             if previous is not None and k <= previous:
                 unsorted = off
             previous = k
-        off = _node_end(buf, off, size, file)
+        off = end
     return offsets, unsorted
 
 
@@ -209,7 +211,8 @@ def scan_log(buf: Any, start: int, file: str) -> Log:
         if rtype == ADD:
             try:
                 node = node_at(buf, off, file)
-            except FormatError:
+            except FormatError as error:
+                log.stopped = (off, error.problem)
                 break  # recovery: "RECSIZE of 0", the transaction is not replayed
             pending.append((ADD, off, node.key, node.value, node.level))
             off = node.end
@@ -221,8 +224,10 @@ def scan_log(buf: Any, start: int, file: str) -> Log:
             off += 8
             continue
         if pending or rtype == 0:
+            log.stopped = (off, f"record type 0x{rtype:x} inside a transaction")
             break  # garbage inside a transaction: never committed
-        raise FormatError(file, off, f"log record type 0x{rtype:x} should be ADD, DELETE or COMMIT")
+        raise FormatError(file, off, f"log record type 0x{rtype:x} is not ADD, DELETE or COMMIT (Cyrus would "
+                          "truncate the file here and lose what follows)")
     if pending or off < size:
         log.rolled_back = size - txn_start
     log.committed_end = txn_start
@@ -462,7 +467,12 @@ def check(buf: Any, *, file: str) -> Report:
     for zero, length in log.zero_runs:
         report.note(zero, f"{length} zero bytes between transactions (Cyrus 2.2 truncation bug; skipped)")
     if log.rolled_back:
-        report.note(log.committed_end, f"uncommitted tail of {log.rolled_back} bytes: rolled back, as Cyrus does")
+        ends_committed = size % 4 == 0 and _u32(buf, size - 4)[0] == COMMIT
+        if log.stopped and (ends_committed or "past the end" not in log.stopped[1]):
+            report.problem(log.stopped[0], f"damaged log record ({log.stopped[1]}): Cyrus discards the "
+                           f"{log.rolled_back} bytes from {log.committed_end} on, committed ones included")
+        else:
+            report.note(log.committed_end, f"uncommitted tail of {log.rolled_back} bytes: rolled back, as Cyrus does")
     for rtype, off, _, _, target in log.ops:
         if rtype == DELETE and _key_at(buf, target, file) is None:
             what = "target 0 (Cyrus 2.2 DELETE of a missing key)" if target == 0 else f"target {target} is no record"

@@ -154,14 +154,19 @@ def walk(buf: Any, file: str, end: int, *, order: Order | None = None) -> Iterat
     """Live records along the committed level-0 chain, checked like foreach does.
 
     With ``order`` set, each key must sort after the previous one (as
-    recovery1 and myconsistent require).
+    recovery1 and myconsistent require). Without, the keys must still rise
+    in raw or in mailbox order: a chain that revisits a key (a pointer loop)
+    is reported before any record repeats, and the walk always ends.
     """
     mv = memoryview(buf)
     dummy = read_record(buf, DUMMY_OFFSET, file, mv=mv)
     if dummy.type != DUMMY:
         raise FormatError(file, DUMMY_OFFSET, f"first record is {TYPE_NAMES.get(dummy.type, hex(dummy.type))}, not DUMMY")
-    sk = sort_key(order) if order else None
-    previous = b""
+    mbox = sort_key("mbox")
+    strict = sort_key(order) if order else None
+    prev_raw: bytes | None = None
+    prev_mbox: bytes | None = None
+    raw_ok = mbox_ok = True
     budget = len(buf) // 24 + 2
     offset = level0(dummy.nextloc, end)
     while offset:
@@ -175,11 +180,25 @@ def walk(buf: Any, file: str, end: int, *, order: Order | None = None) -> Iterat
         if rec.type != RECORD:
             raise FormatError(file, offset, f"level-0 chain reaches a {TYPE_NAMES.get(rec.type, hex(rec.type))} record")
         check_tail(buf, rec, file, mv)
-        if sk is not None:
-            key = sk(bytes(mv[rec.keyoffset:rec.keyoffset + rec.keylen]))
-            if key <= previous:
-                raise FormatError(file, offset, "key out of order in the level-0 chain")
-            previous = key
+        key = bytes(mv[rec.keyoffset:rec.keyoffset + rec.keylen])
+        if strict is not None:
+            k = strict(key)
+            if prev_raw is not None and k <= prev_raw:
+                raise FormatError(file, offset, f"key out of order ({order} order) in the level-0 chain")
+            prev_raw = k
+        else:
+            if prev_raw is not None:
+                raw_ok = raw_ok and key > prev_raw
+                if mbox_ok:
+                    k = mbox(key)
+                    mbox_ok = k > prev_mbox  # type: ignore[operator]
+                    prev_mbox = k
+                if not (raw_ok or mbox_ok):
+                    raise FormatError(file, offset, "level-0 chain goes back to an earlier key (pointer loop "
+                                      "or records out of order)")
+            else:
+                prev_mbox = mbox(key)
+            prev_raw = key
         yield rec
         offset = level0(rec.nextloc, end)
 
