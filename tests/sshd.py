@@ -124,14 +124,21 @@ class Sshd:
         return self.proc is not None and self.proc.poll() is None
 
     def session_pids(self) -> list[int]:
-        """Per-connection sshd processes (children of the listener)."""
+        """Every process below the listener: per-connection monitors, their session children, commands."""
         if self.proc is None:
             return []
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except FileNotFoundError:
-            return []
-        return [int(p) for p in text.split()]
+        out: list[int] = []
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            kids = [int(p) for p in text.split()]
+            out.extend(kids)
+            todo.extend(kids)
+        return out
 
     def kill_sessions(self) -> int:
         """SIGKILL every live connection (the listener stays up); return how many."""

@@ -365,7 +365,7 @@ class SshSource:
                 chan.sendall(stdin)
             chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as error:
-            chan.close()
+            _quiet_close(chan)
             if not conn.transport.is_active():
                 raise _Lost(f"connection lost starting a command: {error}") from None
             raise TransportError(f"{self.describe()}: the server refused to run a command: {error}") \
@@ -424,7 +424,7 @@ class SshSource:
                     break
             status = chan.exit_status if chan.status_event.is_set() else -1
         finally:
-            chan.close()
+            _quiet_close(chan)
         return bytes(out), bytes(errbuf), status
 
     def _check(self, what: str, status: int, errbuf: bytes) -> None:
@@ -528,7 +528,7 @@ class SshSource:
                         self._reconnect(conn, str(error))
         finally:
             if nxt is not None and nxt[1] is not None:
-                nxt[1].close()
+                _quiet_close(nxt[1])
 
     # -- listing ------------------------------------------------------------
 
@@ -569,7 +569,7 @@ class SshSource:
         except ValueError as error:
             raise _Lost(str(error)) from None
         finally:
-            chan.close()
+            _quiet_close(chan)
 
     def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
         root = check_root(root)
@@ -598,7 +598,7 @@ class SshSource:
         except ValueError as error:
             raise _Lost(str(error)) from None
         finally:
-            chan.close()
+            _quiet_close(chan)
         self._check(what, chan.exit_status, bytes(errbuf))
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
@@ -655,7 +655,7 @@ class SshSource:
                         yield i, (path, digest)
                         pos = i + 1
             finally:
-                chan.close()
+                _quiet_close(chan)
             self._check(f"checksum in {root}", chan.exit_status, bytes(errbuf))
             for j in range(pos, len(batch)):
                 yield j, (batch[j], None)
@@ -753,7 +753,7 @@ class SshSource:
             while recv(65536):  # the rest after the end-of-archive blocks, then EOF
                 pass
         finally:
-            chan.close()
+            _quiet_close(chan)
         self._check(f"fetching from {root}", chan.exit_status, bytes(errbuf))
         for i in range(pos, len(batch)):
             yield i, batch[i]
@@ -1174,3 +1174,11 @@ def _buffered(entry: Entry, data: bytes) -> Fetched:
         pos = len(data)
 
     return Fetched(entry=entry, read=read, skip=skip)
+
+
+def _quiet_close(chan: paramiko.Channel) -> None:
+    """Close a channel whose connection may already be dead (paramiko raises EOFError then)."""
+    try:
+        chan.close()
+    except (EOFError, OSError, paramiko.SSHException):
+        pass

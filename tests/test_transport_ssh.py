@@ -1,0 +1,264 @@
+"""SSH-only behaviour against a real sshd: host-key trust, dropped and hung connections, processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshd import Sshd, source_config
+
+from spoolmig.errors import HostKeyError, TransportError
+from spoolmig.transport import open_source
+from spoolmig.transport.base import Fetched
+from spoolmig.transport.local import LocalSource
+from spoolmig.transport.ssh import SshSource, _is_cyrus
+
+
+def _source(server: Sshd, **kw: object) -> SshSource:
+    kw.setdefault("known_hosts", str(server.known_hosts))
+    kw.setdefault("identity_file", str(server.identity_file))
+    return SshSource(server.host, server.port, server.user, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def up(sshd: Sshd) -> Iterator[Sshd]:
+    """The shared server, running before and after the test (tests here stop and kill it)."""
+    sshd.start()
+    yield sshd
+    sshd.start()
+
+
+# -- host keys -------------------------------------------------------------------
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(up: Sshd, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostKeyError) as exc:
+        _source(up, known_hosts=str(empty))
+    message = str(exc.value)
+    assert up.fingerprint() in message and "ssh-ed25519" in message and "unknown" in message
+    assert f"ssh-keyscan -p {up.port} {up.host}" in (exc.value.hint or "")
+    assert exc.value.exit_code == 8
+
+
+def test_key_known_only_for_port_22_is_unknown_on_another_port(up: Sshd, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(up.host_key_line().replace(f"[{up.host}]:{up.port}", up.host) + "\n")
+    with pytest.raises(HostKeyError, match="unknown"):
+        _source(up, known_hosts=str(kh))
+
+
+def test_changed_host_key_is_refused(up: Sshd, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, blob = (tmp_path / "other.pub").read_text().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[{up.host}]:{up.port} {kind} {blob}\n")
+    with pytest.raises(HostKeyError) as exc:
+        _source(up, known_hosts=str(kh))
+    assert "CHANGED" in str(exc.value) and up.fingerprint() in str(exc.value)
+    old_fp = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "other.pub")], capture_output=True,
+                            text=True, check=True).stdout.split()[1]
+    assert old_fp in str(exc.value)
+
+
+def test_hashed_known_hosts_entry_is_accepted(up: Sshd, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(up.host_key_line() + "\n")
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(kh)], check=True, capture_output=True)
+    assert "|1|" in kh.read_text()
+    with _source(up, known_hosts=str(kh)) as source:
+        assert source.mode == "shell"
+
+
+def test_revoked_key_is_refused(up: Sshd, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(up.host_key_line() + "\n@revoked * " + " ".join(up.host_key_line().split()[1:]) + "\n")
+    with pytest.raises(HostKeyError, match="revoked"):
+        _source(up, known_hosts=str(kh))
+
+
+def test_pinned_fingerprint_is_accepted_without_known_hosts(up: Sshd, tmp_path: Path) -> None:
+    with _source(up, known_hosts=str(tmp_path / "missing"), host_key_fingerprint=up.fingerprint()) as source:
+        assert [e.path for e in source.stat("/", [b""])] == [b""]
+
+
+def test_wrong_pinned_fingerprint_is_refused(up: Sshd) -> None:
+    wrong = "SHA256:" + "A" * 43
+    with pytest.raises(HostKeyError) as exc:
+        _source(up, host_key_fingerprint=wrong)
+    assert up.fingerprint() in str(exc.value) and wrong in str(exc.value)
+
+
+def test_wrong_client_key_is_an_authentication_error(up: Sshd, tmp_path: Path) -> None:
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with pytest.raises(TransportError, match="authentication refused") as exc:
+        _source(up, identity_file=str(key))
+    assert not isinstance(exc.value, HostKeyError)
+
+
+def test_open_source_from_config(up: Sshd, tmp_path: Path) -> None:
+    source = open_source(source_config(up))
+    try:
+        assert isinstance(source, SshSource) and source.describe() == up.url
+    finally:
+        source.close()
+    cfg = source_config(up)
+    local = open_source(type(cfg)(url=type(cfg.url)("local", path=str(tmp_path)), layout=cfg.layout))
+    assert isinstance(local, LocalSource)
+
+
+# -- dropped and hung connections -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[bytes, bytes]]:
+    root = tmp_path_factory.mktemp("many")
+    files = {}
+    for d in range(30):
+        os.makedirs(root / f"d{d}")
+        for i in range(100):
+            rel = f"d{d}/{i}.".encode()
+            data = hashlib.sha256(rel).digest() * (40 + i * 8)
+            (root / rel.decode()).write_bytes(data)
+            files[rel] = data
+    big = root / "big."
+    with open(big, "wb") as f:
+        for i in range(48):
+            f.write(hashlib.sha256(b"%d" % i).digest() * 32768)
+    files[b"big."] = big.read_bytes()
+    return str(root), files
+
+
+def _consume(source: SshSource, root: str, paths: list[bytes], files: dict[bytes, bytes],
+             at: int, action) -> list[bytes]:  # noqa: ANN001
+    out = []
+    for i, item in enumerate(source.fetch(root, paths)):
+        assert isinstance(item, Fetched)
+        if i == at:
+            action()
+        data = b""
+        while chunk := item.read(1 << 16):
+            data += chunk
+        assert data == files[item.entry.path], item.entry.path
+        out.append(item.entry.path)
+    return out
+
+
+def test_fetch_survives_killed_connections(up: Sshd, many: tuple[str, dict[bytes, bytes]]) -> None:
+    root, files = many
+    paths = sorted(p for p in files if p != b"big.")
+    with _source(up, batch_files=200, backoff=0.1) as source:
+        got = _consume(source, root, paths, files, 700, up.kill_sessions)
+        assert got == paths, "every file once, in order, after the reconnect"
+        assert source.reconnects >= 1
+
+
+def test_large_member_dropped_mid_read_resumes(up: Sshd, many: tuple[str, dict[bytes, bytes]]) -> None:
+    root, files = many
+    with _source(up, backoff=0.1) as source:
+        digest = hashlib.sha256()
+        killed = False
+        for item in source.fetch(root, [b"big.", b"d0/1."]):
+            assert isinstance(item, Fetched)
+            n = 0
+            while chunk := item.read(1 << 20):
+                if item.entry.path == b"big.":
+                    digest.update(chunk)
+                n += len(chunk)
+                if item.entry.path == b"big." and n >= 8 << 20 and not killed:
+                    killed = up.kill_sessions() >= 1
+            assert n == len(files[item.entry.path])
+        assert digest.digest() == hashlib.sha256(files[b"big."]).digest()
+        assert killed and source.reconnects >= 1
+
+
+def test_stat_and_checksum_survive_killed_connections(up: Sshd, many: tuple[str, dict[bytes, bytes]]) -> None:
+    root, files = many
+    paths = sorted(files)
+    with _source(up, batch_files=100, backoff=0.1) as source:
+        got = []
+        for i, e in enumerate(source.checksum(root, paths)):
+            if i == 250:
+                up.kill_sessions()
+            got.append(e)
+        assert got == [(p, hashlib.sha256(files[p]).hexdigest()) for p in paths]
+        assert source.reconnects >= 1
+        listed = []
+        for i, e in enumerate(source.list_dirs(root, [f"d{d}".encode() for d in range(30)])):
+            if i == 1000:
+                up.kill_sessions()
+            listed.append(e.path)
+        assert sorted(listed) == sorted(p for p in paths if p != b"big.")
+
+
+def test_server_staying_down_is_a_clean_transport_error(up: Sshd, many: tuple[str, dict[bytes, bytes]]) -> None:
+    root, files = many
+    paths = sorted(p for p in files if p != b"big.")
+    with _source(up, batch_files=100, retries=2, backoff=0.1, connect_timeout=2) as source:
+        with pytest.raises(TransportError) as exc:
+            _consume(source, root, paths, files, 300, up.stop)
+        assert "not re-established" in str(exc.value) or "lost" in str(exc.value)
+        assert not isinstance(exc.value, HostKeyError)
+
+
+def test_hung_connection_times_out_and_reconnects(up: Sshd, many: tuple[str, dict[bytes, bytes]]) -> None:
+    root, files = many
+    paths = sorted(p for p in files if p != b"big.")
+    stopped: list[int] = []
+
+    def freeze() -> None:
+        for pid in up.session_pids():
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+
+    try:
+        with _source(up, batch_files=100, backoff=0.1, io_timeout=2, keepalive=1) as source:
+            assert _consume(source, root, paths, files, 150, freeze) == paths
+            assert source.reconnects >= 1 and stopped
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# -- processes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["sshd", "sftp_only_sshd"])
+def test_cyrus_processes_are_listed_with_exact_command_lines(
+        request: pytest.FixtureRequest, server: str, tmp_path: Path) -> None:
+    srv: Sshd = request.getfixturevalue(server)
+    srv.start()
+    imapd = tmp_path / "cyrus" / "bin" / "imapd"
+    imapd.parent.mkdir(parents=True)
+    shutil.copy("/bin/sleep", imapd)
+    proc = subprocess.Popen([str(imapd), "61", "1s"])
+    try:
+        with _source(srv) as source:
+            procs = source.cyrus_processes()
+        assert f"{imapd} 61 1s" in procs
+        assert not any("python" in p for p in procs)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_is_cyrus_tells_cyrus_from_postfix() -> None:
+    assert _is_cyrus("/usr/lib/cyrus/bin/master -d")
+    assert _is_cyrus("/usr/cyrus/bin/imapd -s")
+    assert _is_cyrus("lmtpd")
+    assert not _is_cyrus("/usr/lib/postfix/sbin/master -w")
+    assert not _is_cyrus("/usr/sbin/apache2 -k start")
+    assert not _is_cyrus("/usr/sbin/httpd -DFOREGROUND")
+    assert _is_cyrus("/usr/lib/cyrus/bin/httpd")
