@@ -237,3 +237,23 @@ def test_cyrus_accepts_a_patched_uidvalidity(tmp_path: Path) -> None:
     out = cyrus.run("mbexamine", "user.bob").stdout.decode()
     assert "UIDValidity: 1234567890" in out
     assert zlib.crc32(new[:156]) == int.from_bytes(new[156:160], "big")
+
+
+def test_pre_v6_headers_follow_the_23_upgrader_offsets() -> None:
+    """v3-v5 cannot be made by any installed Cyrus: bytes laid out from 2.3.16
+    mailbox_upgrade_index_work (32-bit quota at 32, later fields 4 bytes early)."""
+    words = [7, 0, 5, 76, 56, 2, 100, 9, 4096, 1111, 123456, 1, 2, 3, 1, 0, 0, 0, 0]
+    head = b"".join(w.to_bytes(4, "big") for w in words)
+    rec = lambda uid: b"".join(w.to_bytes(4, "big") for w in [uid, 5, 6, 700, 80, 0, 0, 9, 0x5, 0, 0, 0, 1, 12])
+    buf = head + rec(3) + rec(9)
+    h = ix.parse_header(buf)
+    assert (h.minor_version, h.quota_used, h.pop3_last_login, h.uidvalidity) == (5, 4096, 1111, 123456)
+    assert (h.deleted, h.answered, h.flagged, h.options, h.exists) == (1, 2, 3, 1, 2)
+    assert h.highestmodseq is None
+    recs = list(ix.records(buf))
+    assert [(r.uid, r.size, r.flag_names, r.content_lines, r.cache_version) for r in recs] == \
+        [(3, 700, ["\\Answered", "\\Deleted"], 12, None), (9, 700, ["\\Answered", "\\Deleted"], 12, None)]
+    # a v3 header that stops after uidvalidity (start_offset 44) has no counts
+    short = b"".join(w.to_bytes(4, "big") for w in [1, 0, 3, 44, 52, 0, 0, 0, 10, 0, 77])
+    h3 = ix.parse_header(short)
+    assert (h3.uidvalidity, h3.deleted, h3.options) == (77, None, None)

@@ -206,3 +206,17 @@ def test_nothing_touches_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     L.mailbox_dir("user.bob", L.Layout(hashimapspool=True))
     L.parse_mailbox_dir("b/user/bob", L.Layout(hashimapspool=True))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.cyrus
+def test_metapartition_mirrors_the_data_path(tmp_path: Path) -> None:
+    meta_root = tmp_path / "meta"
+    meta_root.mkdir()
+    names = ["user.bob", "user.bob.Sent", "shared.x^y"]
+    got = _mbpath(tmp_path / "c", {"hashimapspool": "true", "metapartition-default": str(meta_root),
+                                   "metapartition_files": "header index"}, names)
+    layout = L.Layout(hashimapspool=True, version=(3, 6))
+    for name in names:
+        obj = got["found"][name]
+        assert obj["meta"] == f"{meta_root}/{L.metadata_dir(name, layout)}"
+        assert obj["data"] == got["spool"] + L.mailbox_dir(name, layout)
