@@ -257,3 +257,17 @@ def test_pre_v6_headers_follow_the_23_upgrader_offsets() -> None:
     short = b"".join(w.to_bytes(4, "big") for w in [1, 0, 3, 44, 52, 0, 0, 0, 10, 0, 77])
     h3 = ix.parse_header(short)
     assert (h3.uidvalidity, h3.deleted, h3.options) == (77, None, None)
+
+
+@pytest.mark.parametrize("stem", FIXTURES)
+def test_fast_record_path_equals_the_construct_layout(stem: str) -> None:
+    buf = (INDEX / f"{stem}.index").read_bytes()
+    header = ix.parse_header(buf)
+    layout = ix.LAYOUTS[header.minor_version]
+    for r in ix.records(buf, header=header):
+        c = layout.record.parse(buf[r.offset : r.offset + layout.record_size])
+        assert (r.uid, r.size, r.internaldate, r.modseq, r.guid) == (c.uid, c.size, c.internaldate,
+                                                                    c.get("modseq"), c.get("guid"))
+        assert r.system_flags | r.internal_flags == c.system_flags
+        assert r.user_flags == int.from_bytes(c.user_flags[12:16] + c.user_flags[8:12] + c.user_flags[4:8]
+                                              + c.user_flags[:4], "big")
