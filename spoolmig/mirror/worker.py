@@ -332,7 +332,6 @@ class TreeWorker:
             dropped = []
             for path, _kind, replaced in rows:
                 if self.delete or replaced or not replica.exists(name, path):
-                    replica.remove(name, path)
                     dropped.append((name, path))
                     parent = split(path)
                     if parent is not None:
@@ -340,6 +339,10 @@ class TreeWorker:
                 else:
                     kept += 1
             if dropped:
+                with st.write(conn):
+                    self._mark_dirs({split(p) for _, p in dropped})
+                for _, path in dropped:
+                    replica.remove(name, path)
                 replica.sync()
                 with st.write(conn):
                     conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", dropped)
@@ -357,10 +360,19 @@ class TreeWorker:
             chunk = new[i:i + CHUNK]
             with st.write(conn):
                 conn.executemany(_MARK_STALE, [(name, p, d, "d", CLS_DIR) for p, d in chunk])
+                self._mark_dirs({d for _, d in chunk})
             for path, parent in chunk:
                 self.replica.ensure_dir(name, path)
                 if parent is not None:
                     self.touched.add(parent)
+
+    def _mark_dirs(self, dirs: set[bytes | None]) -> None:
+        """Directories about to change locally: their recorded attributes are no longer true.
+
+        Called inside a write transaction; :meth:`_finish_dirs` clears the mark.
+        """
+        self.conn.executemany("UPDATE main.files SET stale = 1 WHERE tree = ? AND path = ? AND stale = 0",
+                              [(self.tree.name, d) for d in dirs if d is not None])
 
     def _fetch(self, source: Source, progress: Progress) -> None:
         conn, last = self.conn, 0
@@ -388,6 +400,7 @@ class TreeWorker:
         conn, name, replica, report = self.conn, self.tree.name, self.replica, self.report
         with st.write(conn):
             conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in rows])
+            self._mark_dirs({r[2] for r in rows})
         expected = {r[1]: r for r in rows if r[3] == "f"}
         done: list[tuple[Any, ...]] = []
         gone: list[tuple[str, bytes]] = []
@@ -396,7 +409,7 @@ class TreeWorker:
                   for r in expected.values()]
         for item in source.fetch(self.tree.root, wanted):
             if isinstance(item, bytes):
-                if item in expected:
+                if expected.pop(item, None) is not None:
                     replica.remove(name, item)
                     gone.append((name, item))
                     report.add(files_vanished=1)
