@@ -134,7 +134,7 @@ class Header:
         return acl_pairs(self.acl or b"")
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-friendly fields (bytes decoded with surrogateescape-free replacement)."""
+        """JSON-friendly fields (bytes decoded as UTF-8, undecodable bytes replaced)."""
 
         def text(b: bytes | None) -> str | None:
             return None if b is None else b.decode("utf-8", "replace")
