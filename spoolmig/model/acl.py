@@ -73,9 +73,20 @@ def rights_mask(rights: str, deleteright: str = "c") -> tuple[int, str]:
     return result, "".join(unknown)
 
 
-def mask_to_rights(mask: int) -> str:
-    """Explicit letters in Cyrus's order, no ``c``/``d`` macros."""
-    return "".join(ch for ch in CANONICAL_ORDER if mask & _BITS[ch])
+def mask_to_rights(mask: int, *, macros: bool = False, deleteright: str = "c") -> str:
+    """Explicit letters in Cyrus's order; ``macros`` adds ``c``/``d`` as ``cyrus_acl_masktostr`` does.
+
+    With ``macros`` the result is what Cyrus 2.3+ prints (MYRIGHTS, GETACL,
+    rewritten ACLs): ``c`` when any of its members is set, ``d`` likewise,
+    placed before ``a``.
+    """
+    if not macros:
+        return "".join(ch for ch in CANONICAL_ORDER if mask & _BITS[ch])
+    create = _BITS["k"] | (_BITS["x"] if deleteright[:1] == "c" else 0)
+    delete = _BITS["t"] | _BITS["e"] | (_BITS["x"] if deleteright[:1] == "d" else 0)
+    head = "".join(ch for ch in "lrswipkxte" if mask & _BITS[ch])
+    tail = "".join(ch for ch in "an0123456789" if mask & _BITS[ch])
+    return head + ("c" if mask & create else "") + ("d" if mask & delete else "") + tail
 
 
 def convert_rights(rights: str, deleteright: str = "c") -> str:
