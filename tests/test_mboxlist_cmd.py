@@ -151,3 +151,14 @@ def test_file_is_not_modified(tmp_path: Path, capfdbinary: pytest.CaptureFixture
     before = copy.read_bytes()
     run(capfdbinary, str(copy), "--as", "3.6")
     assert copy.read_bytes() == before
+
+
+def test_mailbox_order(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    """-M lists in improved_mboxlist_sort order, as cyr_dbtool -M shows the file."""
+    code, out, _ = run(capfdbinary, str(db_path("legacy-2.3-mboxsort")), "-M", "--as", "2.3")
+    shown = oracle("legacy-2.3-mboxsort", "show-M")
+    assert code == 0
+    assert [line.split(b"\t", 1)[0] for line in out.splitlines()] == [
+        line.split(b"\t", 1)[0] for line in shown.splitlines()]
+    names = [line.split(b"\t", 1)[0] for line in out.splitlines()]
+    assert names.index(b"user.bob.Sent") < names.index(b"user.bob two")

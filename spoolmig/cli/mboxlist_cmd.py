@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--as", dest="version", metavar="VERSION",
                    help="Cyrus version whose dialect to print: 2.2, 2.3.3, 2.3.9, 2.3 (=2.3.10+), 2.4, 2.5, "
                    "3.0, 3.2, 3.4, 3.6 ...")
+    p.add_argument("-M", "--mbox", action="store_true",
+                   help="read FILE in mailbox key order (a 2.3.8-3.4 server with improved_mboxlist_sort), "
+                   "like cyr_dbtool -M")
     p.add_argument("--undump", action="store_true",
                    help="print input for VERSION's `ctl_mboxlist -u` (3.6+: JSON with name history)")
     p.add_argument("--legacy-lines", action="store_true",
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--legacy-lines needs --undump")
     target = mailboxes_db.parse_version(args.version) if args.version else None
     with cyrusdb.open_file(args.file) as db:
-        listing = mailboxes_db.read(db.records(), file=args.file)
+        listing = mailboxes_db.read(db.records(order="mbox" if args.mbox else None), file=args.file)
         backend = db.backend
     version = target or listing.versions[0]
     if args.undump:
