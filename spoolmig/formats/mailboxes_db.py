@@ -603,8 +603,6 @@ def _version_evidence(result: MailboxList) -> None:
     elif result.layout == "legacy":
         at_most((3, 4, 99), "name-keyed records")
     for e in result.entries:
-        if e.source_format == "legacy" and result.layout == "legacy":
-            pass
         if e.mbtype.has("d") and e.source_format == "legacy":
             at_least((2, 4, 0), f"deleted-mailbox type bit on {e.name!r}")
         if e.createdmodseq:
@@ -615,7 +613,7 @@ def _version_evidence(result: MailboxList) -> None:
             at_least((3, 0, 0), "collection type letter b")
         if e.source_format == "dlist" and (e.mbtype.kind in "sp" or e.mbtype.has("i")):
             at_least((3, 2, 0), "type letters i/s/p")
-        if ".DELETED." in f".{e.name.split('!')[-1]}." and e.name.split("!")[-1].startswith("DELETED."):
+        if e.name.split("!")[-1].startswith(DEFAULT_DELETEDPREFIX + "."):
             at_least((2, 3, 0), f"delayed-delete name {e.name!r}")
         rights = set("".join((e.acl or "").split("\t")[1::2]))
         if rights & set("kxte"):

@@ -63,14 +63,16 @@ class Dialect:
     server: str = "field"  # "field" (2.x stored field), "none" (2.5), "prefix" (3.0+)
     #: intermediate entries left out (3.2+)
     skip_intermediate: bool = False
+    #: 2.0-3.4 mbtype bits this version knows (mboxlist.h); dlist letters it lacks read as 0
+    known_bits: int = 0x7FF
 
 
 DIALECTS = {
-    "2.2": Dialect("2.2", mbtype=False, acl_sep="\t"),
-    "2.3.4": Dialect("2.3.4", acl_sep="\t"),
-    "2.3.10": Dialect("2.3.10"),
-    "2.5": Dialect("2.5", server="none"),
-    "3.0": Dialect("3.0", server="prefix"),
+    "2.2": Dialect("2.2", mbtype=False, acl_sep="\t", known_bits=0x0F),
+    "2.3.4": Dialect("2.3.4", acl_sep="\t", known_bits=0x0F),
+    "2.3.10": Dialect("2.3.10", known_bits=0x1F),
+    "2.5": Dialect("2.5", server="none", known_bits=0x7F),
+    "3.0": Dialect("3.0", server="prefix", known_bits=0xFF),
     "3.2": Dialect("3.2", server="prefix", skip_intermediate=True),
     "3.6": Dialect("3.6", json=True, skip_intermediate=True),
 }
@@ -122,11 +124,18 @@ def render_dump(entries: Iterable[MailboxEntry], version: CyrusVersion | str) ->
     return DumpResult(b"".join(out), warnings, len(out))
 
 
-def _number(e: MailboxEntry) -> int:
-    return e.raw_mbtype if e.raw_mbtype is not None else e.mbtype.legacy_number()
+def _number(e: MailboxEntry, d: Dialect | None = None) -> int:
+    """The mbtype a version prints: a stored 2.x number as is; type letters it does not know read as 0."""
+    if e.raw_mbtype is not None:
+        return e.raw_mbtype
+    n = e.mbtype.legacy_number()
+    return n & d.known_bits if d is not None else n
 
 
 def _line(e: MailboxEntry, d: Dialect, warnings: list[str]) -> bytes:
+    if e.raw_mbtype is None and e.mbtype.legacy_number() & ~d.known_bits:
+        warnings.append(f"mailbox {e.name!r}: type {e.mbtype.letters()!r} does not exist in {d.name}; "
+                        f"shown as {_number(e, d)}")
     if "\t" in e.name or "\n" in e.name:
         warnings.append(f"mailbox {e.name!r}: its name holds a TAB or newline; the line is ambiguous")
     if d.server == "field":
@@ -137,7 +146,7 @@ def _line(e: MailboxEntry, d: Dialect, warnings: list[str]) -> bytes:
         partition = (f"{e.server}!" if e.server else "") + (e.partition if e.partition is not None else "(null)")
     head = f"{e.name}\t"
     if d.mbtype:
-        head += f"{_number(e)} "
+        head += f"{_number(e, d)} "
     return to_bytes(f"{head}{partition}{d.acl_sep}{e.acl or ''}\n")
 
 
