@@ -8,8 +8,9 @@ from pathlib import Path
 from spoolmig.formats import cyrusdb, mailboxes_db
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mboxlist"
-CASES = ["legacy-2.2", "legacy-2.3-mboxsort", "legacy-2.4", "dlist-2.5", "dlist-3.4", "v2-3.6", "v2-upgraded-3.4"]
-NAME_KEYED = CASES[:5]
+CASES = ["legacy-2.2", "legacy-2.3-mboxsort", "legacy-2.4", "legacy-extended", "dlist-2.5", "dlist-3.4", "v2-3.6",
+         "v2-upgraded-3.4"]
+NAME_KEYED = CASES[:6]
 
 
 def db_path(case: str) -> Path:

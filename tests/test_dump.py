@@ -115,6 +115,25 @@ def test_json_of_name_keyed_file_equals_cyrus_after_its_upgrade(case: str) -> No
         assert ours[name] == entry
 
 
+def test_cyrus_3_6_upgrade_misreads_legacy_types() -> None:
+    """3.6's upgrade reads a 2.x numeric mbtype with 3.6 numbering (mboxlist_parse_entry: strtol).
+
+    We convert the 2.x meaning instead; everything else about the entries agrees
+    with Cyrus. The plan must therefore never let 3.6 upgrade a name-keyed file
+    holding non-zero types: it writes the 3.6 list itself.
+    """
+    ours = json.loads(dump.render_dump(read("legacy-extended").entries, "3.6").text)
+    cyrus = json.loads(oracle("legacy-extended", "upgraded.ctl_mboxlist-d"))
+    assert {n: e["mbtype"] for n, e in cyrus.items()} == {
+        "user.a": "el", "user.b": "nl", "user.c": "sl", "user.d": "bl", "user.e": "erl"}
+    assert {n: e["mbtype"] for n, e in ours.items()} == {
+        "user.a": "el", "user.b": "erl", "user.c": "ezl", "user.d": "eml", "user.e": "edl"}
+    for name, entry in cyrus.items():
+        for key in ("mtime", "mbtype"):
+            entry.pop(key), ours[name].pop(key)
+        assert ours[name] == entry
+
+
 def test_json_escapes_like_jansson() -> None:
     e = MailboxEntry("user.a", partition="p", acl="x\x1by\t\"q\\\t", uniqueid="u")
     text = dump.render_dump([e], "3.6").text

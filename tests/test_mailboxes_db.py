@@ -57,6 +57,13 @@ def test_legacy_values_rewrite_byte_exact(case: str) -> None:
         assert m.encode_legacy_value(e) == stored[e.name.encode()]
 
 
+def test_extended_values() -> None:
+    entries = {e.name: e for e in read("legacy-extended").entries}
+    assert all(e.source_format == "extended" for e in entries.values())
+    assert entries["user.b"].uniqueid == "ub1" and entries["user.b"].server == "backend1"
+    assert entries["user.e"].mbtype.letters() == "ed"
+
+
 @pytest.mark.parametrize("case", ["v2-3.6", "v2-upgraded-3.4"])
 def test_v2_records_rewrite_byte_exact(case: str) -> None:
     """Our N and I records equal what Cyrus 3.6 wrote, byte for byte."""
