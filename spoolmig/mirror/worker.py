@@ -315,6 +315,8 @@ class TreeWorker:
         self._delete()
         self._make_dirs()
         self._fetch(source, progress)
+        if self.final:
+            self._recheck_metadata(source)
         self._finish_dirs()
 
     def _delete(self) -> None:
@@ -427,7 +429,6 @@ class TreeWorker:
                 done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
-        done = self._recheck_metadata(source, done)
         replica.sync()
         with st.write(conn):
             conn.executemany(_UPSERT, done)
@@ -450,22 +451,36 @@ class TreeWorker:
         return (self.tree.name, path, parent, "f", cls, written, mtime, sent.mode & 0o7777,
                 sent.inode or inode, None, 1 if changed else 0)
 
-    def _recheck_metadata(self, source: Source, done: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Stat metadata files again after reading them: a change during the read marks them stale."""
-        meta = {r[1]: i for i, r in enumerate(done) if r[4] == CLS_META and r[3] == "f" and not r[10]}
-        if not meta:
-            return done
-        for e in source.stat(self.tree.root, list(meta)):
-            path = e if isinstance(e, bytes) else e.path
-            i = meta.get(path)
-            if i is None:
-                continue
-            r = done[i]
-            if isinstance(e, bytes) or e.size != r[5] or not same_mtime(e.mtime_ns, r[6]):
-                self.report.warn(f"{show_path(self.tree.name, path)}: changed while it was copied; "
-                                 "copied again next pass", count="files_changed_during")
-                done[i] = (*r[:10], 1)
-        return done
+    def _recheck_metadata(self, source: Source) -> None:
+        """--final: stat the metadata files again after copying them; a change during the read marks them stale.
+
+        Only --final needs this (for its verified statement): in other passes the
+        recorded mtime is the one from before the read, so the next pass's stat of
+        every cyrus.*/config file sees the change and copies the file again.
+        """
+        conn, name, last = self.conn, self.tree.name, None
+        while True:
+            rows = conn.execute(
+                "SELECT f.path, f.size, f.mtime_ns FROM todo t JOIN main.files f ON f.tree = ?1 AND f.path = t.path"
+                " WHERE t.kind = 'f' AND t.cls = ?2 AND f.stale = 0 AND (?3 IS NULL OR t.path > ?3)"
+                " ORDER BY t.path LIMIT ?4", (name, CLS_META, last, CHUNK)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            recorded = {p: (size, mtime) for p, size, mtime in rows}
+            changed = []
+            for e in source.stat(self.tree.root, list(recorded)):
+                path = e if isinstance(e, bytes) else e.path
+                size, mtime = recorded.get(path, (None, None))
+                if size is None:
+                    continue
+                if isinstance(e, bytes) or e.size != size or not same_mtime(e.mtime_ns, mtime):
+                    changed.append((name, path))
+                    self.report.warn(f"{show_path(name, path)}: changed while it was copied; "
+                                     "copied again next pass", count="files_changed_during")
+            if changed:
+                with st.write(conn):
+                    conn.executemany("UPDATE main.files SET stale = 1 WHERE tree = ? AND path = ?", changed)
 
     def _finish_dirs(self) -> None:
         """Give directories their source attributes, then record them (after their entries)."""

@@ -1,0 +1,161 @@
+"""End to end over a real OpenSSH sshd on 127.0.0.1 (tests/sshd.py): the same guarantees as locally."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sshd import Sshd, sshd  # noqa: F401 - the fixture
+from test_mirror_hostile import ODD_NAMES, _make_odd_mailboxes
+from test_mirror_support import (
+    Recording,
+    Wrapper,
+    assert_mirrors,
+    assert_state_matches_disk,
+    make_server,
+    temporaries,
+)
+
+from spoolmig import config
+from spoolmig.cli import main
+from spoolmig.errors import TransportError
+from spoolmig.mirror.engine import Options, run_pass
+from spoolmig.transport import open_source
+
+pytestmark = pytest.mark.ssh
+
+ROOT = Path("/")  # over SSH the configured paths are the real ones
+
+
+def _ssh_config(tmp: Path, server, sshd_: Sshd, mirror: Path, extra: str = "") -> config.Config:  # noqa: ANN001
+    parts = ", ".join(f'{k} = "{server.path(v)}"' for k, v in server.partitions.items())
+    text = (
+        "[source]\n"
+        f'url = "{sshd_.url}"\n'
+        f'known_hosts = "{sshd_.known_hosts}"\n'
+        f'identity_file = "{sshd_.identity_file}"\n'
+        f'configdirectory = "{server.path(server.configdirectory)}"\n'
+        f'sievedir = "{server.path(server.sievedir)}"\n'
+        f"partitions = {{ {parts} }}\n"
+        "hashimapspool = true\n"
+        "\n[mirror]\n"
+        f'path = "{mirror}"\n' + extra
+    )
+    path = tmp / "migration.toml"
+    path.write_text(text)
+    return config.load(path)
+
+
+class NoCyrus(Wrapper):
+    """Other tests on this machine may run Cyrus tools; --final here is about the mirror."""
+
+    def cyrus_processes(self) -> list[str]:
+        return []
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sshd: Sshd):  # noqa: ANN201, F811
+    server = make_server(tmp_path / "old", users=4, messages=60)
+    cfg = _ssh_config(tmp_path, server, sshd, tmp_path / "mirror")
+    return server, cfg, sshd
+
+
+def test_mirror_over_ssh_file_for_file_and_incremental(setup) -> None:  # noqa: ANN001
+    server, cfg, _ = setup
+    report = run_pass(cfg, lambda: open_source(cfg.source))
+    assert report.exit_code() == 0, report.warnings
+    assert report.source.startswith("ssh://")
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    # no change: nothing listed beyond the cheap walk, nothing fetched
+    rec = Recording(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert rec.fetched == [] and rec.listed == []
+    # changes of every kind converge
+    delivered = server.deliver(5)
+    server.expunge(2)
+    leaves = [n for n in sorted(server.mailboxes) if not any(o.startswith(n + ".") for o in server.mailboxes)]
+    server.delete_mailbox(leaves[0])
+    server.rename_mailbox(leaves[2], "user.renamed")
+    server.create_mailbox("user.newcomer")
+    rec = Recording(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    fetched = {p for _, p in rec.fetched}
+    assert all(any(p.endswith(os.fsencode(d.name)) for p in fetched) for d in delivered)
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def test_odd_names_over_ssh(setup) -> None:  # noqa: ANN001
+    server, cfg, _ = setup
+    _make_odd_mailboxes(server.path(server.partitions["default"]))
+    report = run_pass(cfg, lambda: open_source(cfg.source))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(ROOT, cfg)
+    for name in ODD_NAMES:
+        with open(os.fsencode(server.path(server.partitions["default"]) / "u" / "user") + b"/" + name + b"/9.",
+                  "wb") as f:
+            f.write(b"new")
+    report = run_pass(cfg, lambda: open_source(cfg.source))
+    assert report.figures["files_new"] == len(ODD_NAMES)
+    assert_mirrors(ROOT, cfg)
+
+
+def test_final_over_ssh_with_checksum(setup) -> None:  # noqa: ANN001
+    server, cfg, _ = setup
+    run_pass(cfg, lambda: open_source(cfg.source), Options(jobs=2))
+    server.deliver(3)
+    server.flag_change(2)  # same size, same mtime: only the unconditional metadata re-copy sees it
+    report = run_pass(cfg, lambda: NoCyrus(open_source(cfg.source)),
+                      Options(final=True, checksum=True, quiet_wait=0.1, jobs=2))
+    assert report.statement is not None and report.statement.startswith("replica equals source:"), \
+        report.differences
+    assert report.figures["checksum_mismatches"] == 0
+    assert_mirrors(ROOT, cfg)
+
+
+class Cutting(Wrapper):
+    """Kills every sshd session (the connection drops) while the ``after``-th file is streamed."""
+
+    def __init__(self, inner: Any, server: Sshd, after: int) -> None:
+        super().__init__(inner)
+        self.server, self.after, self.count = server, after, 0
+
+    def fetch(self, root: str, paths):  # noqa: ANN001, ANN201
+        for item in self.inner.fetch(root, paths):
+            if not isinstance(item, bytes):
+                self.count += 1
+                if self.count == self.after:
+                    self.server.kill_sessions()
+            yield item
+
+
+@pytest.mark.parametrize("after", [3, 40])
+def test_connection_dropped_mid_stream_over_ssh(setup, after: int) -> None:  # noqa: ANN001
+    server, cfg, sshd_ = setup
+    try:
+        report = run_pass(cfg, lambda: Cutting(open_source(cfg.source), sshd_, after))
+        dropped_cleanly = report.exit_code() in (0, 1)  # the transport reconnected and went on
+    except TransportError:
+        dropped_cleanly = True  # or the pass stopped with a one-line error
+    assert dropped_cleanly
+    sshd_.start()
+    mirror = Path(cfg.mirror.path)
+    assert temporaries(mirror) == []
+    report = run_pass(cfg, lambda: open_source(cfg.source))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(mirror)
+
+
+def test_cli_over_ssh(setup, capsys) -> None:  # noqa: ANN001
+    server, cfg, _ = setup
+    assert main(["mirror", "--config", cfg.file, "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "from ssh://" in out
+    assert main(["mirror", "--config", cfg.file, "--dry-run"]) == 0
+    assert "would fetch: 0 new" in capsys.readouterr().out
+    assert_mirrors(ROOT, cfg)
