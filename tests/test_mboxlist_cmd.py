@@ -163,3 +163,23 @@ def test_mailbox_order(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
         line.split(b"\t", 1)[0] for line in shown.splitlines()]
     names = [line.split(b"\t", 1)[0] for line in out.splitlines()]
     assert names.index(b"user.bob.Sent") < names.index(b"user.bob two")
+
+
+@pytest.mark.parametrize("case", ["legacy-2.2", "dlist-2.5", "v2-3.6"])
+def test_random_damage_gives_clean_errors(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes],
+                                          case: str) -> None:
+    """Flipped bytes anywhere: a listing, or one line naming the file — never an internal error."""
+    import random
+
+    rng = random.Random(case)
+    original = db_path(case).read_bytes()
+    bad = tmp_path / "mailboxes.db"
+    for _ in range(60):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        bad.write_bytes(bytes(data))
+        code, out, err = run(capfdbinary, str(bad), "--as", "3.6")
+        assert code in (0, 1, 4, 5), err
+        if code >= 4:
+            assert out == b"" and str(bad) in _one_line_error(err)
