@@ -41,7 +41,7 @@ __all__ = [
     "DEFAULT_DELETEDPREFIX", "HistoryItem", "MailboxEntry", "MailboxList", "MbType", "SkippedKey",
     "ValueFormat", "CyrusVersion", "dbname_to_intname", "encode_dlist_value", "encode_legacy_value",
     "encode_v2_records", "build_records", "intname_to_dbname", "parse_value", "parse_version", "read",
-    "to_bytes", "to_str", "strtoul16", "iter_acl_pairs",
+    "to_bytes", "to_str", "strtoul16", "iter_acl_pairs", "version_text",
 ]
 
 ValueFormat = Literal["legacy", "extended", "dlist", "v2"]
