@@ -128,20 +128,29 @@ class Replica:
                 shutil.rmtree(full)
                 self._dirs = {d for d in self._dirs if not (d == full or d.startswith(full + b"/"))}
 
-    def write_file(self, tree: str, rel: bytes, item: Fetched, mode: int, mtime_ns: int) -> int:
-        """Stream one fetched file into place (not yet synced); return the bytes written."""
+    def write_file(self, tree: str, rel: bytes, item: Fetched, mode: int, mtime_ns: int, *,
+                   replacing: bool = True) -> int:
+        """Stream one fetched file into place (not yet synced); return the bytes written.
+
+        ``replacing=False`` (a path the state does not know) skips looking for a
+        directory in the way: the state records every directory spoolmig made.
+        """
         parent, _, _ = rel.rpartition(b"/")
         self.ensure_dir(tree, parent)
         full = self.path(tree, rel)
         written = 0
         try:
-            self._clear_dir_in_the_way(full)
+            if replacing:
+                self._clear_dir_in_the_way(full)
             with atomic_writer(os.fsdecode(full), mode=mode, fsync=False, mtime_ns=mtime_ns) as f:
                 while chunk := item.read(_CHUNK):
                     f.write(chunk)
                     written += len(chunk)
             if self.owner:
                 os.lchown(full, *self.owner)
+        except IsADirectoryError:
+            raise MirrorError(f"replica {os.fsdecode(full)}: a directory the state does not know is in the way",
+                              hint="run `spoolmig mirror --full` to compare the replica with its state") from None
         except OSError as error:
             raise self._error(full, error) from None
         return written

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from spoolmig.mirror import state as st
@@ -377,39 +377,39 @@ class TreeWorker:
                               [(self.tree.name, d) for d in dirs if d is not None])
 
     def _fetch(self, source: Source, progress: Progress) -> None:
-        conn, last = self.conn, 0
-        while True:
-            rows = conn.execute(
-                "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link FROM todo"
-                " WHERE id > ? ORDER BY id LIMIT ?", (last, self.batch_files)).fetchall()
-            if not rows:
-                break
-            last = rows[-1][0]
-            batch: list[tuple[Any, ...]] = []
-            size = 0
-            for row in rows:
-                batch.append(row)
-                size += max(row[5], 0)
-                if size >= self.batch_bytes:
-                    self._batch(source, batch, progress)
-                    batch, size = [], 0
-            if batch:
-                self._batch(source, batch, progress)
+        """Fetch every file of ``todo`` in one streamed call; durable every batch.
 
-    def _batch(self, source: Source, rows: list[tuple[Any, ...]], progress: Progress) -> None:
-        """One durable batch: mark stale, write and rename, sync, record."""
-        assert self.replica is not None
+        The entries are handed to the source lazily, a chunk at a time, and each
+        chunk is marked stale in the state before the source sees it, so the
+        transport can pipeline (start the next tar batch while this one is read)
+        while every path it may write is already untrusted. Every
+        ``batch_files`` files or ``batch_bytes`` bytes the written files are
+        synced and recorded in one transaction.
+        """
         conn, name, replica, report = self.conn, self.tree.name, self.replica, self.report
-        with st.write(conn):
-            conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in rows])
-            self._mark_dirs({r[2] for r in rows})
-        expected = {r[1]: r for r in rows if r[3] == "f"}
+        assert replica is not None
+        expected: dict[bytes, tuple[Any, ...]] = {}
+
+        def wanted() -> Iterator[Entry]:
+            last = 0
+            while True:
+                rows = conn.execute(
+                    "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link, action FROM todo"
+                    " WHERE id > ? AND kind = 'f' ORDER BY id LIMIT ?", (last, self.batch_files)).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                with st.write(conn):
+                    conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in rows])
+                    self._mark_dirs({r[2] for r in rows})
+                for r in rows:
+                    expected[r[1]] = r
+                    yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
+
         done: list[tuple[Any, ...]] = []
         gone: list[tuple[str, bytes]] = []
-        fetched = 0
-        wanted = [Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
-                  for r in expected.values()]
-        for item in source.fetch(self.tree.root, wanted):
+        size = 0
+        for item in source.fetch(self.tree.root, wanted()):
             if isinstance(item, bytes):
                 if expected.pop(item, None) is not None:
                     replica.remove(name, item)
@@ -421,29 +421,54 @@ class TreeWorker:
                 item.skip()
                 continue
             done.append(self._store(row, item))
-            fetched += done[-1][5]
+            size += done[-1][5]
             progress.advance(done[-1][5])
-        for r in rows:
-            if r[3] == "l":
-                replica.write_link(name, r[1], r[9] or b"", r[6])
-                done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
+            if len(done) >= self.batch_files or size >= self.batch_bytes:
+                self._commit(done, gone, size)
+                done, gone, size = [], [], 0
+        self._commit(done, gone, size)
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
-        replica.sync()
-        with st.write(conn):
-            conn.executemany(_UPSERT, done)
-            conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
+        self._links()
+
+    def _commit(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
+        """The batch's files are in place: sync them, then record them in one transaction."""
+        if not done and not gone:
+            return
+        assert self.replica is not None
+        self.replica.sync()
+        with st.write(self.conn):
+            self.conn.executemany(_UPSERT, done)
+            self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
         for r in done:
             if r[2] is not None:
                 self.touched.add(r[2])
-        report.add(bytes_fetched=fetched)
+        self.report.add(bytes_fetched=size)
+
+    def _links(self) -> None:
+        """Recreate the source's symbolic links (few: sieve's defaultbc)."""
+        assert self.replica is not None
+        conn, name = self.conn, self.tree.name
+        rows = conn.execute("SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link FROM todo"
+                            " WHERE kind = 'l' ORDER BY id").fetchall()
+        for i in range(0, len(rows), self.batch_files):
+            chunk = rows[i:i + self.batch_files]
+            with st.write(conn):
+                conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in chunk])
+                self._mark_dirs({r[2] for r in chunk})
+            done = []
+            for r in chunk:
+                self.replica.write_link(name, r[1], r[9] or b"", r[6])
+                done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
+            self._commit(done, [], 0)
 
     def _store(self, row: tuple[Any, ...], item: Fetched) -> tuple[Any, ...]:
         assert self.replica is not None
-        _id, path, parent, _kind, cls, size, mtime_ns, _mode, inode, _link = row
+        _id, path, parent, _kind, cls, size, mtime_ns, _mode, inode, _link, _action = row
         sent = item.entry
         mtime = mtime_ns if same_mtime(mtime_ns, sent.mtime_ns) else sent.mtime_ns
-        written = self.replica.write_file(self.tree.name, path, item, sent.mode & 0o7777, mtime)
+        written = self.replica.write_file(self.tree.name, path, item, sent.mode & 0o7777, mtime,
+                                          replacing=row[10] != NEW)
         changed = written != sent.size or sent.size != size or mtime != mtime_ns
         if changed:
             self.report.warn(f"{show_path(self.tree.name, path)}: changed while it was copied; "
