@@ -31,6 +31,9 @@ BACKENDS: tuple[Backend, ...] = ("skiplist", "twoskip", "flat")
 #: The comparator each backend uses unless opened with CYRUSDB_MBOXSORT.
 _DEFAULT_ORDER: dict[str, Order] = {"skiplist": "signed", "twoskip": "raw", "flat": "mbox"}
 
+#: The comparators Cyrus can open each backend with (default, CYRUSDB_MBOXSORT).
+_ORDERS: dict[str, tuple[Order, ...]] = {"skiplist": ("signed", "mbox"), "twoskip": ("raw", "mbox"), "flat": ("mbox",)}
+
 _BDB_MAGICS = {0x00053162: "btree", 0x00061561: "hash", 0x00042253: "queue"}
 _CYRUS_MAGIC = b"\xa1\x02\x8b\x0d"
 _DUMP_HINT = "dump it with the old server's ctl_mboxlist -d (or cyr_dbtool ... show) and read the dump"
@@ -75,7 +78,7 @@ def detect(buf: bytes | memoryview, *, file: str) -> Backend:
         raise UnsupportedFormat(file, 0, "a Cyrus file but not a database (skiplist/twoskip magic expected)")
     nl = head.find(b"\n")
     first = head if nl < 0 else head[:nl]
-    if b"\t" in first and b"\0" not in head and (nl >= 0 or len(head) == 4096):
+    if b"\t" in first and b"\0" not in first and (nl >= 0 or len(head) == 4096):
         return "flat"
     raise UnsupportedFormat(file, 0, "not a Cyrus database (no skiplist or twoskip magic, not key TAB value lines)")
 
@@ -164,6 +167,9 @@ def build(backend: Backend, records: Iterable[tuple[bytes, bytes]], *, order: Or
     2.0-2.4 flat format (no escaping).
     """
     chosen = order or _DEFAULT_ORDER[backend]
+    if chosen not in _ORDERS.get(backend, ()):
+        raise ValueError(f"Cyrus never reads a {backend} database in {chosen} order "
+                         f"(possible: {', '.join(_ORDERS.get(backend, ()))})")
     if backend == "skiplist":
         return skiplist.build(records, order=chosen)
     if backend == "twoskip":

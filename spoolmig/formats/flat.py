@@ -74,6 +74,8 @@ def build(records: Iterable[tuple[bytes, bytes]], *, escape: bool = True, order:
     sk = sort_key(order)  # type: ignore[arg-type]
     out: dict[bytes, bytes] = {}
     for key, value in records:
+        if not key:
+            raise ValueError("a flat database cannot hold an empty key (Cyrus's binary search cannot find it)")
         if escape:
             k, v = encode(bytes(key)), encode(bytes(value))
         else:

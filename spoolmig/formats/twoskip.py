@@ -270,6 +270,8 @@ def build(items: Any, *, order: Order = "raw") -> bytes:
     from .skiplist import _unique_sorted, node_level
 
     ordered = _unique_sorted(items, order)
+    if any(not k for k, _ in ordered):
+        raise ValueError("twoskip cannot hold an empty key: Cyrus's foreach never gets past it")
     levels = [node_level(i, MAXLEVEL) for i in range(len(ordered))]
     dummy_len = _head_len(b"", b"", MAXLEVEL)
     offsets = []
