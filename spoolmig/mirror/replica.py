@@ -155,6 +155,28 @@ class Replica:
             raise self._error(full, error) from None
         return written
 
+    def write_bytes(self, tree: str, rel: bytes, data: bytes, mode: int, mtime_ns: int, *,
+                    replacing: bool = True) -> int:
+        """Put a small file in place from memory (its parent must exist); return its size.
+
+        Runs in writer threads: only system calls and the thread-safe parts of
+        this object are used.
+        """
+        full = self.path(tree, rel)
+        try:
+            if replacing:
+                self._clear_dir_in_the_way(full)
+            with atomic_writer(os.fsdecode(full), mode=mode, fsync=False, mtime_ns=mtime_ns) as f:
+                f.write(data)
+            if self.owner:
+                os.lchown(full, *self.owner)
+        except IsADirectoryError:
+            raise MirrorError(f"replica {os.fsdecode(full)}: a directory the state does not know is in the way",
+                              hint="run `spoolmig mirror --full` to compare the replica with its state") from None
+        except OSError as error:
+            raise self._error(full, error) from None
+        return len(data)
+
     def write_link(self, tree: str, rel: bytes, target: bytes, mtime_ns: int) -> None:
         """Recreate a source symbolic link (target stored as is, never followed)."""
         parent, _, _ = rel.rpartition(b"/")

@@ -22,11 +22,13 @@ expunged; only ``cyrus.*`` files change in place):
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from spoolmig.mirror import state as st
@@ -40,6 +42,13 @@ log = logging.getLogger(__name__)
 
 #: Rows moved between Python and SQLite at a time.
 CHUNK = 5000
+#: Writer threads per tree (0: write in the fetching thread).
+WRITERS = 2
+#: Files up to this size are buffered and handed to the writers.
+BUFFER_MAX = 4 << 20
+#: Bound on buffered data waiting for the writers.
+INFLIGHT_BYTES = 16 << 20
+INFLIGHT_FILES = 512
 #: Re-list everything with one walk when more directories than this fraction changed.
 RELIST_WALK_FRACTION = 0.5
 #: ... and more than this many (below it, listing them is cheap anyway).
@@ -90,6 +99,9 @@ class TreeWorker:
         self.skipped = False
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
         self.touched: set[bytes] = set()
+        self._writers: ThreadPoolExecutor | None = None
+        self._inflight: collections.deque[tuple[Future[int], int]] = collections.deque()
+        self._inflight_bytes = 0
         conn.executescript(_TEMP_TABLES)
 
     # ------------------------------------------------------------------ scan
@@ -406,10 +418,27 @@ class TreeWorker:
                     expected[r[1]] = r
                     yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
 
-        done: list[tuple[Any, ...]] = []
+        self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="spoolmig-write") if WRITERS else None
+        try:
+            self._fetch_stream(source, progress, wanted(), expected)
+        finally:
+            if self._writers is not None:
+                self._writers.shutdown(wait=True)
+            self._writers = None
+            self._inflight.clear()
+            self._inflight_bytes = 0
+        for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
+            report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
+        self._links()
+
+    def _fetch_stream(self, source: Source, progress: Progress, wanted: Iterator[Entry],
+                      expected: dict[bytes, tuple[Any, ...]]) -> None:
+        name, replica, report = self.tree.name, self.replica, self.report
+        assert replica is not None
+        done: list[Callable[[], tuple[Any, ...]]] = []
         gone: list[tuple[str, bytes]] = []
         size = 0
-        for item in source.fetch(self.tree.root, wanted()):
+        for item in source.fetch(self.tree.root, wanted):
             if isinstance(item, bytes):
                 if expected.pop(item, None) is not None:
                     replica.remove(name, item)
@@ -421,15 +450,14 @@ class TreeWorker:
                 item.skip()
                 continue
             done.append(self._store(row, item))
-            size += done[-1][5]
-            progress.advance(done[-1][5])
+            size += item.entry.size
+            progress.advance(item.entry.size)
             if len(done) >= self.batch_files or size >= self.batch_bytes:
-                self._commit(done, gone, size)
-                done, gone, size = [], [], 0
-        self._commit(done, gone, size)
-        for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
-            report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
-        self._links()
+                self._commit([f() for f in done], gone, size)
+                done.clear()
+                gone.clear()
+                size = 0
+        self._commit([f() for f in done], gone, size)
 
     def _commit(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """The batch's files are in place: sync them, then record them in one transaction."""
@@ -462,19 +490,47 @@ class TreeWorker:
                 done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
             self._commit(done, [], 0)
 
-    def _store(self, row: tuple[Any, ...], item: Fetched) -> tuple[Any, ...]:
+    def _store(self, row: tuple[Any, ...], item: Fetched) -> Callable[[], tuple[Any, ...]]:
+        """Write one fetched file; return a function giving its state row once it is in place.
+
+        Files up to :data:`BUFFER_MAX` are read here and written by the writer
+        threads (file creation and rename are system calls that release the GIL,
+        so the disk work overlaps with parsing the next files off the network);
+        bigger ones stream straight to disk.
+        """
         assert self.replica is not None
-        _id, path, parent, _kind, cls, size, mtime_ns, _mode, inode, _link, _action = row
+        _id, path, parent, _kind, cls, size, mtime_ns, _mode, inode, _link, action = row
         sent = item.entry
         mtime = mtime_ns if same_mtime(mtime_ns, sent.mtime_ns) else sent.mtime_ns
-        written = self.replica.write_file(self.tree.name, path, item, sent.mode & 0o7777, mtime,
-                                          replacing=row[10] != NEW)
-        changed = written != sent.size or sent.size != size or mtime != mtime_ns
-        if changed:
-            self.report.warn(f"{show_path(self.tree.name, path)}: changed while it was copied; "
-                             "copied again next pass", count="files_changed_during")
-        return (self.tree.name, path, parent, "f", cls, written, mtime, sent.mode & 0o7777,
-                sent.inode or inode, None, 1 if changed else 0)
+        mode = sent.mode & 0o7777
+        replica, name = self.replica, self.tree.name
+
+        def record(written: int) -> tuple[Any, ...]:
+            changed = written != sent.size or sent.size != size or mtime != mtime_ns
+            if changed:
+                self.report.warn(f"{show_path(name, path)}: changed while it was copied; "
+                                 "copied again next pass", count="files_changed_during")
+            return (name, path, parent, "f", cls, written, mtime, mode, sent.inode or inode, None,
+                    1 if changed else 0)
+
+        if sent.size > BUFFER_MAX or self._writers is None:
+            written = replica.write_file(name, path, item, mode, mtime, replacing=action != NEW)
+            result = record(written)
+            return lambda: result
+        chunks = []
+        while chunk := item.read(1 << 20):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        replica.ensure_dir(name, parent or b"")
+        future = self._writers.submit(replica.write_bytes, name, path, data, mode, mtime,
+                                      replacing=action != NEW)
+        self._inflight.append((future, len(data)))
+        self._inflight_bytes += len(data)
+        while self._inflight and (self._inflight_bytes > INFLIGHT_BYTES or len(self._inflight) > INFLIGHT_FILES):
+            oldest, n = self._inflight.popleft()
+            oldest.result()
+            self._inflight_bytes -= n
+        return lambda: record(future.result())
 
     def _recheck_metadata(self, source: Source) -> None:
         """--final: stat the metadata files again after copying them; a change during the read marks them stale.
