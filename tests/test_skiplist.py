@@ -50,7 +50,7 @@ def test_merge_equals_recovery_emulation(name: str) -> None:
     else:
         order = "signed"
     header = skiplist.read_header(buf, name)
-    inorder, unsorted = skiplist.scan_inorder(buf, header, name, _binary.sort_key(order))
+    inorder, unsorted = skiplist.scan_inorder(buf, header, name, order)
     assert unsorted is None
     start = skiplist._node_end(buf, inorder[-1], len(buf), name) if inorder else 144
     log = skiplist.scan_log(buf, start, name)

@@ -46,6 +46,11 @@ def _mbox(key: bytes) -> bytes:
     return bytes(key).translate(_MBOX_TABLE)
 
 
+def table(order: Order) -> bytes | None:
+    """The ``bytes.translate`` table behind :func:`sort_key` (None: raw order, no translation)."""
+    return {"signed": _SIGNED, "raw": None, "mbox": _MBOX_TABLE}[order]
+
+
 def sort_key(order: Order) -> Callable[[bytes], bytes]:
     """A key function that sorts byte strings the way a Cyrus comparator does.
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from spoolmig.errors import FormatError
 
-from ._binary import Order, Report, SortedState, sort_key
+from ._binary import Order, Report, SortedState, sort_key, table
 
 MAGIC = b"\xa1\x02\x8b\x0dskiplist file\x00\x00\x00"
 HEADER_SIZE = 48
@@ -161,27 +161,46 @@ def _node_end(buf: Any, offset: int, size: int, file: str) -> int:
     return first + 4 * _level(buf, first, size, file, offset) + 4
 
 
-def scan_inorder(buf: Any, header: Header, file: str, sk: Any = None) -> tuple[array, int | None]:
+def scan_inorder(buf: Any, header: Header, file: str, order: Order | None = None) -> tuple[array, int | None]:
     """Offsets of the INORDER records after the DUMMY (recovery's first loop).
 
-    With a sort key ``sk``, also the offset of the first record that is not
-    strictly after its predecessor (None when the section is sorted).
+    With an ``order``, also the offset of the first record whose key is not
+    strictly after its predecessor's (None when the section is sorted).
+    This loop reads every record of the file, so it is written out flat.
     """
     size = len(buf)
     offsets = array("L")
     append = offsets.append
+    u32 = _u32
     off = DUMMY_OFFSET + 4 * (header.maxlevel + 4)
-    previous = None
+    check = order is not None
+    trans = table(order) if order is not None else None
+    previous = b""
+    first = True
     unsorted = None
-    while off + 4 <= size and _u32(buf, off)[0] == INORDER:
+    while off + 8 <= size and u32(buf, off)[0] == INORDER:
+        keylen = u32(buf, off + 4)[0]
+        dlpos = off + 8 + ((keylen + 3) & ~3)
+        if dlpos + 4 > size:
+            raise FormatError(file, off, f"key length {keylen} runs past the end of the file")
+        fp = dlpos + 4 + ((u32(buf, dlpos)[0] + 3) & ~3)
+        if fp + 8 <= size and buf[fp + 4:fp + 8] == TERMINATOR and buf[fp:fp + 4] != TERMINATOR:
+            end = fp + 8  # level 1: half of all nodes
+        else:
+            end = _node_end(buf, off, size, file)
         append(off)
-        end = _node_end(buf, off, size, file)
-        if sk is not None and unsorted is None:
-            k = sk(buf[off + 8:off + 8 + _u32(buf, off + 4)[0]])
-            if previous is not None and k <= previous:
+        if check:
+            key = buf[off + 8:off + 8 + keylen]
+            if trans is not None:
+                key = key.translate(trans)
+            if key <= previous and not first:
                 unsorted = off
-            previous = k
+                check = False
+            previous = key
+            first = False
         off = end
+    if off + 4 <= size and off + 8 > size and u32(buf, off)[0] == INORDER:
+        raise FormatError(file, off, "record header runs past the end of the file")
     return offsets, unsorted
 
 
@@ -263,7 +282,7 @@ def records(buf: Any, *, file: str, order: Order | None = "signed") -> Iterator[
     header = read_header(buf, file)
     chosen: Order = order or "signed"
     sk = sort_key(chosen)
-    inorder, unsorted = scan_inorder(buf, header, file, sk)
+    inorder, unsorted = scan_inorder(buf, header, file, chosen)
     if unsorted is not None and order is None and _first_unsorted(buf, inorder, sort_key("mbox")) is None:
         chosen, sk, unsorted = "mbox", sort_key("mbox"), None
     start = _node_end(buf, inorder[-1], len(buf), file) if inorder else DUMMY_OFFSET + 4 * (header.maxlevel + 4)
@@ -448,7 +467,7 @@ def check(buf: Any, *, file: str) -> Report:
         return report
     try:
         header = read_header(buf, file)
-        inorder, unsorted = scan_inorder(buf, header, file, sort_key("signed"))
+        inorder, unsorted = scan_inorder(buf, header, file, "signed")
         start = _node_end(buf, inorder[-1], size, file) if inorder else DUMMY_OFFSET + 4 * (header.maxlevel + 4)
         log = scan_log(buf, start, file)
     except FormatError as error:

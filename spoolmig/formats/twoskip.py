@@ -21,7 +21,7 @@ from typing import Any
 
 from spoolmig.errors import FormatError
 
-from ._binary import Order, Report, SortedState, roundup, sort_key
+from ._binary import Order, Report, SortedState, roundup, sort_key, table
 
 MAGIC = b"\xa1\x02\x8b\x0dtwoskip file\x00\x00\x00\x00"
 HEADER_SIZE = 64
@@ -203,6 +203,82 @@ def walk(buf: Any, file: str, end: int, *, order: Order | None = None) -> Iterat
         offset = level0(rec.nextloc, end)
 
 
+def _serve(buf: Any, file: str, end: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) along the committed level-0 chain: :func:`walk` written out flat.
+
+    This loop touches every record of the file, so it avoids the Record
+    objects and helper calls of :func:`walk`; any anomaly is handed to
+    :func:`read_record`/:func:`walk`'s checks so the error is the same.
+    """
+    mv = memoryview(buf)
+    size = len(buf)
+    head, u64, u32x2, crc32 = _head, _u64, _u32x2, zlib.crc32
+    two = struct.Struct(">QQ").unpack_from
+    mbox_table = table("mbox")
+    dummy = read_record(buf, DUMMY_OFFSET, file, mv=mv)
+    if dummy.type != DUMMY:
+        raise FormatError(file, DUMMY_OFFSET, "first record is not DUMMY")
+    prev_raw = prev_mbox = b""
+    first = True
+    raw_ok = mbox_ok = True
+    budget = size // 24 + 2
+    off = level0(dummy.nextloc, end)
+    while off:
+        budget -= 1
+        if budget < 0:
+            raise FormatError(file, off, "level-0 pointers form a loop")
+        if off + 24 > size:
+            read_record(buf, off, file, mv=mv)
+        rtype, level, keylen, vallen = head(buf, off)
+        if level > MAXLEVEL or keylen == 0xFFFF or vallen == 0xFFFFFFFF:
+            rec = read_record(buf, off, file, mv=mv)  # rare: long lengths, or raises
+            if rec.type == DELETE:
+                off = rec.nextloc[0]
+                continue
+            keylen, vallen, k = rec.keylen, rec.vallen, rec.keyoffset
+            padded = roundup(keylen + vallen, 8)
+            crc_tail = rec.crc32_tail
+            n0, n1 = (rec.nextloc + (0,))[:2]
+        else:
+            ptr_end = off + 16 + 8 * level
+            padded = (keylen + vallen + 7) & ~7
+            if ptr_end + 8 + padded > size:
+                read_record(buf, off, file, mv=mv)
+            crc_head, crc_tail = u32x2(buf, ptr_end)
+            if crc32(mv[off:ptr_end]) != crc_head:
+                read_record(buf, off, file, mv=mv)
+            if rtype == DELETE:
+                off = u64(buf, off + 8)[0]
+                continue
+            n0, n1 = two(buf, off + 8) if level else (u64(buf, off + 8)[0], 0)
+            k = ptr_end + 8
+        if rtype != RECORD:
+            raise FormatError(file, off, f"level-0 chain reaches a {TYPE_NAMES.get(rtype, hex(rtype))} record")
+        if crc32(mv[k:k + padded]) != crc_tail:
+            raise FormatError(file, off, "record tail CRC mismatch (key/value damaged)")
+        key = buf[k:k + keylen]
+        if first:
+            first = False
+            prev_mbox = key.translate(mbox_table)
+        else:
+            raw_ok = raw_ok and key > prev_raw
+            if mbox_ok:
+                mk = key.translate(mbox_table)
+                mbox_ok = mk > prev_mbox
+                prev_mbox = mk
+            if not (raw_ok or mbox_ok):
+                raise FormatError(file, off, "level-0 chain goes back to an earlier key (pointer loop "
+                                  "or records out of order)")
+        prev_raw = key
+        yield key, buf[k + keylen:k + keylen + vallen]
+        if n0 >= end:
+            off = n1
+        elif n1 >= end or n0 > n1:
+            off = n0
+        else:
+            off = n1
+
+
 def records(buf: Any, *, file: str, order: Order | None = "raw") -> Iterator[tuple[bytes, bytes]]:
     """Committed (key, value) pairs in the order a restarted Cyrus iterates them.
 
@@ -216,9 +292,7 @@ def records(buf: Any, *, file: str, order: Order | None = "raw") -> Iterator[tup
     header = read_header(buf, file)
     end = header.current_size
     if end == len(buf) and not header.dirty:
-        for rec in walk(buf, file, end):
-            k = rec.keyoffset
-            yield buf[k:k + rec.keylen], buf[k + rec.keylen:k + rec.keylen + rec.vallen]
+        yield from _serve(buf, file, end)
         return
     # What recovery1 does before anything is served: the walk must succeed.
     if end <= HEADER_SIZE:
@@ -239,9 +313,7 @@ def records(buf: Any, *, file: str, order: Order | None = "raw") -> Iterator[tup
         assert problem is not None
         raise FormatError(file, problem.offset, "dirty file cannot be recovered by walking its pointers: "
                           f"{problem.problem}", hint="salvage it with: spoolmig db recover FILE OUT")
-    for rec in walk(buf, file, end):
-        k = rec.keyoffset
-        yield buf[k:k + rec.keylen], buf[k + rec.keylen:k + rec.keylen + rec.vallen]
+    yield from _serve(buf, file, end)
 
 
 def _pack_record(rtype: int, level: int, key: bytes, value: bytes, nextloc: list[int]) -> bytes:
