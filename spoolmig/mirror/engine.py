@@ -209,7 +209,7 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
         if replica is not None:
             pass_id = st.begin_pass(conn, options.mode, report.source)
             report.pass_id = pass_id
-            _remove_temporaries(conn, replica)
+            recover_interrupted(conn, replica, trees)
         if state_file is None:  # dry run: the scratch copy of the state, nothing applied
             _dry_run_scan(trees, conn, report, options, cfg, pool)
         else:
@@ -283,12 +283,37 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
     report.figures["replica_files"], report.figures["replica_bytes"] = totals
 
 
-def _remove_temporaries(conn, replica: Replica) -> None:  # noqa: ANN001
-    """Leftovers of a killed pass can only be where the state says a write was under way."""
-    rows = conn.execute("SELECT DISTINCT tree, dir FROM files WHERE stale = 1").fetchall()
-    by_tree: dict[str, list[bytes]] = {}
-    for tree, directory in rows:
-        by_tree.setdefault(tree, []).append(directory or b"")
-    removed = sum(replica.remove_temporaries_in(tree, iter(dirs)) for tree, dirs in by_tree.items())
+def recover_interrupted(conn, replica: Replica, trees: list[Tree]) -> None:  # noqa: ANN001
+    """Clean up after a pass killed while writing.
+
+    A pass marks every directory stale before it writes into it and clears the
+    mark after the writes are synced and recorded. So after a crash the stale
+    directories are the only places holding temporaries (removed here) or files
+    the state does not record (given an untrusted placeholder row here, so the
+    pass compares them with the source: fetched again, or deleted if gone).
+    """
+    by_name = {t.name: t for t in trees}
+    dirs = conn.execute("SELECT tree, path FROM files WHERE stale = 1 AND kind = 'd'"
+                        " UNION SELECT tree, dir FROM files WHERE stale = 1 AND kind <> 'd'").fetchall()
+    removed = 0
+    for tree_name, rel in dirs:
+        tree = by_name.get(tree_name)
+        if tree is None or rel is None:
+            continue
+        names, removed_here = replica.scan_dir(tree_name, rel)
+        removed += removed_here
+        if not names:
+            continue
+        known = {r[0] for r in conn.execute("SELECT path FROM files WHERE tree = ? AND dir = ?", (tree_name, rel))}
+        unknown = []
+        for name, kind in names:
+            path = rel + b"/" + name if rel else name
+            if path not in known:
+                unknown.append((tree_name, path, rel, kind, tree.classify(path, kind)))
+        if unknown:
+            with st.write(conn):
+                conn.executemany(
+                    "INSERT OR IGNORE INTO files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link,"
+                    " stale) VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1)", unknown)
     if removed:
         log.info("removed %d temporary files left by an interrupted pass", removed)

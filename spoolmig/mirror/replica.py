@@ -230,21 +230,29 @@ class Replica:
                 os.close(fd)
         os.sync()
 
-    def remove_temporaries_in(self, tree: str, rel_dirs: Iterator[bytes]) -> int:
-        """Delete leftovers of a killed pass in these directories; return how many."""
+    def scan_dir(self, tree: str, rel: bytes) -> tuple[list[tuple[bytes, str]], int]:
+        """Remove temporaries from one replica directory; return its other entries (name, kind) and the count."""
+        directory = self.path(tree, rel)
+        entries: list[tuple[bytes, str]] = []
         removed = 0
-        for rel in rel_dirs:
-            directory = self.path(tree, rel)
-            try:
-                with os.scandir(directory) as it:
-                    names = [e.name for e in it if e.name.startswith(_TEMP)]
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(directory + b"/" + name)
-                    removed += 1
-        return removed
+        try:
+            it = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return entries, 0
+        with it:
+            for e in it:
+                if e.name.startswith(_TEMP):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+                        removed += 1
+                    continue
+                try:
+                    mode = e.stat(follow_symlinks=False).st_mode
+                except FileNotFoundError:
+                    continue
+                kind = "d" if stat.S_ISDIR(mode) else "l" if stat.S_ISLNK(mode) else "f" if stat.S_ISREG(mode) else "o"
+                entries.append((e.name, kind))
+        return entries, removed
 
     def walk(self, tree: str) -> Iterator[tuple[bytes, str, int, int, int, bytes | None]]:
         """lstat every entry of a replica tree: (path, kind, size, mtime_ns, mode, link).

@@ -391,12 +391,16 @@ class TreeWorker:
     def _fetch(self, source: Source, progress: Progress) -> None:
         """Fetch every file of ``todo`` in one streamed call; durable every batch.
 
-        The entries are handed to the source lazily, a chunk at a time, and each
-        chunk is marked stale in the state before the source sees it, so the
-        transport can pipeline (start the next tar batch while this one is read)
-        while every path it may write is already untrusted. Every
-        ``batch_files`` files or ``batch_bytes`` bytes the written files are
-        synced and recorded in one transaction.
+        The entries are handed to the source lazily, a chunk at a time, so the
+        transport can pipeline (start the next tar batch while this one is
+        read). Before the source sees a chunk, the directories it will write
+        into are marked stale in the state: after a crash the next pass looks in
+        exactly those directories for temporaries and for files the state does
+        not record (see :func:`spoolmig.mirror.engine.recover_interrupted`). A
+        file replaced but not yet recorded still has its old row, which differs
+        from the source, so it is fetched again. Every ``batch_files`` files or
+        ``batch_bytes`` bytes the written files are synced and recorded in one
+        transaction.
         """
         conn, name, replica, report = self.conn, self.tree.name, self.replica, self.report
         assert replica is not None
@@ -412,7 +416,6 @@ class TreeWorker:
                     return
                 last = rows[-1][0]
                 with st.write(conn):
-                    conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in rows])
                     self._mark_dirs({r[2] for r in rows})
                 for r in rows:
                     expected[r[1]] = r
