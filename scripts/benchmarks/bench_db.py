@@ -45,8 +45,8 @@ def batch(n: int) -> bytes:
     return b"".join(lines)
 
 
-def run_measured(cmd: list[str], env: dict[str, str], work: Path) -> tuple[float, int, bytes]:
-    """Wall time, peak RSS (KiB) and stdout of one run of ``cmd``.
+def run_measured(cmd: list[str], env: dict[str, str], work: Path) -> tuple[float, int, float, bytes]:
+    """Wall time, peak RSS (KiB), CPU seconds (user+sys) and stdout of one run of ``cmd``.
 
     The peak RSS comes from GNU time: getrusage/wait4 of a child forked from
     this Python process would count this process's own memory (Linux carries
@@ -54,11 +54,12 @@ def run_measured(cmd: list[str], env: dict[str, str], work: Path) -> tuple[float
     """
     report = work / "rusage.txt"
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), *cmd], capture_output=True, env=env)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(report), *cmd], capture_output=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
-    return wall, int(report.read_text().split()[-1]), proc.stdout
+    rss, user, system = report.read_text().split()[-3:]
+    return wall, int(rss), float(user) + float(system), proc.stdout
 
 
 def bench(tools: CyrusTools, backend: str, work: Path) -> None:
@@ -70,23 +71,28 @@ def bench(tools: CyrusTools, backend: str, work: Path) -> None:
     expected = None
     for _ in range(RUNS):
         shutil.copyfile(db, copy)
-        wall, rss_c, out_c = run_measured(
+        wall, rss_c, cpu_c, out_c = run_measured(
             ["/usr/lib/cyrus/bin/cyr_dbtool", "-C", str(tools.conf), str(copy),
              backend, "show"], tools.env, work)
-        theirs.append((wall, rss_c))
-        wall, rss_o, out_o = run_measured([*SPOOLMIG, "db", "show", str(db)], ours_env, work)
-        mine.append((wall, rss_o))
+        theirs.append((wall, rss_c, cpu_c))
+        wall, rss_o, cpu_o, out_o = run_measured([*SPOOLMIG, "db", "show", str(db)], ours_env, work)
+        mine.append((wall, rss_o, cpu_o))
         if expected is None:
             expected = out_c
         if out_o != out_c:
             raise SystemExit(f"{backend}: spoolmig db show differs from cyr_dbtool show")
-    t_c = statistics.median(w for w, _ in theirs)
-    t_o = statistics.median(w for w, _ in mine)
+    t_c = statistics.median(w for w, _, _ in theirs)
+    t_o = statistics.median(w for w, _, _ in mine)
+    c_c = statistics.median(c for _, _, c in theirs)
+    c_o = statistics.median(c for _, _, c in mine)
     size = db.stat().st_size
     print(f"{backend:8} {RECORDS} records, {size / 1e6:.1f} MB, output {len(expected or b'') / 1e6:.1f} MB")
-    print(f"  cyr_dbtool show : median {t_c * 1000:7.1f} ms   peak RSS {max(r for _, r in theirs) / 1024:6.1f} MiB")
-    print(f"  spoolmig db show: median {t_o * 1000:7.1f} ms   peak RSS {max(r for _, r in mine) / 1024:6.1f} MiB")
-    print(f"  ratio spoolmig/cyr_dbtool: {t_o / t_c:.2f}x  (median of {RUNS} runs each, outputs identical)")
+    print(f"  cyr_dbtool show : median {t_c * 1000:7.1f} ms wall, {c_c * 1000:7.1f} ms CPU, "
+          f"peak RSS {max(r for _, r, _ in theirs) / 1024:6.1f} MiB")
+    print(f"  spoolmig db show: median {t_o * 1000:7.1f} ms wall, {c_o * 1000:7.1f} ms CPU, "
+          f"peak RSS {max(r for _, r, _ in mine) / 1024:6.1f} MiB")
+    print(f"  ratio spoolmig/cyr_dbtool: {t_o / t_c:.2f}x wall, {c_o / c_c:.2f}x CPU "
+          f"(median of {RUNS} runs each, outputs identical)")
 
 
 def main() -> None:

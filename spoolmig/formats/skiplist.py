@@ -18,8 +18,7 @@ import heapq
 import struct
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from spoolmig.errors import FormatError
 
@@ -44,8 +43,7 @@ _u32x2 = struct.Struct(">II").unpack_from
 _TYPE_NAMES = {INORDER: "INORDER", ADD: "ADD", DELETE: "DELETE", COMMIT: "COMMIT", DUMMY: "DUMMY"}
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The 48-byte header (all fields big-endian 32-bit)."""
 
     version: int
@@ -57,8 +55,7 @@ class Header:
     last_recovery: int
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):
     """A DUMMY, INORDER or ADD record located in the buffer."""
 
     offset: int
@@ -70,17 +67,17 @@ class Node:
     forward_offset: int  # offset of forward[0]
 
 
-@dataclass
 class Log:
     """What the log section holds, as recovery would see it."""
 
-    start: int  # end of the INORDER section = start of the log
-    committed_end: int  # where a restarted Cyrus truncates the file
-    ops: list[tuple[int, int, bytes, bytes, int]] = field(default_factory=list)
-    # (type, offset, key, value, level) for ADD; (DELETE, offset, b"", b"", target)
-    rolled_back: int = 0  # bytes of uncommitted tail
-    zero_runs: list[tuple[int, int]] = field(default_factory=list)  # (offset, length)
-    stopped: tuple[int, str] | None = None  # where and why replay stopped before the end of the file
+    def __init__(self, start: int, committed_end: int) -> None:
+        self.start = start  # end of the INORDER section = start of the log
+        self.committed_end = committed_end  # where a restarted Cyrus truncates the file
+        #: (ADD, offset, key, value, level) or (DELETE, offset, b"", b"", target), committed, in file order
+        self.ops: list[tuple[int, int, bytes, bytes, int]] = []
+        self.rolled_back = 0  # bytes of uncommitted tail
+        self.zero_runs: list[tuple[int, int]] = []  # (offset, length) of zero words between transactions
+        self.stopped: tuple[int, str] | None = None  # where and why replay stopped before the end
 
 
 def read_header(buf: Any, file: str) -> Header:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from spoolmig.errors import FormatError
 
@@ -46,8 +45,7 @@ _PTR_STRUCTS = [struct.Struct(f">{n}Q") for n in range(1, MAXLEVEL + 2)]
 _PTRS = [s.unpack_from for s in _PTR_STRUCTS]
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The 64-byte header."""
 
     version: int
@@ -63,8 +61,7 @@ class Header:
         return bool(self.flags & DIRTY)
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One record located in the buffer (key/value as offsets, not copies)."""
 
     offset: int
