@@ -166,3 +166,19 @@ def test_cyrus_3_6_spelling_matches_ours(tmp_path: Path) -> None:
         parsed = loads(value)
         assert dumps(parsed) == value
         assert dumps(plain(parsed)) == value
+
+
+@given(_values.map(dumps) | st.binary(max_size=60))
+@settings(max_examples=800, deadline=None)
+def test_fast_and_exact_parsers_agree(text: bytes) -> None:
+    """The iterative parser and the exact recursive one agree on any text, errors included."""
+    try:
+        exact = dlist._Parser.slow(text, "f", 0)
+    except FormatError as error:
+        with pytest.raises(FormatError) as again:
+            loads(text, file="f")
+        assert again.value.offset == error.offset
+        return
+    fast = loads(text, file="f")
+    assert fast == exact
+    assert dumps(fast) == dumps(exact) == text

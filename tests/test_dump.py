@@ -141,6 +141,21 @@ def test_json_escapes_like_jansson() -> None:
     assert json.loads(text)["user.a"]["acl"] == {"x\x1by": '"q\\'}
 
 
+def test_bad_utf8_like_cyrus(tmp_path: Path) -> None:
+    """jansson refuses strings that are not UTF-8: Cyrus drops the key, or the whole entry for a bad name."""
+    entries = [
+        MailboxEntry("user.a", partition="default", acl="a\tlrs\t", uniqueid="u1", mtime=5),
+        MailboxEntry(m.to_str(b"user.caf\xe9"), partition="default", acl="b\tl\t", uniqueid="u2", mtime=5),
+        MailboxEntry("user.z", partition="default", acl=m.to_str(b"x\tlr\xe9\tok\tl\t"), uniqueid="u3", mtime=5),
+    ]
+    tools = CyrusTools(tmp_path)
+    (tools.configdir / "mailboxes.db").write_bytes(cyrusdb.build("twoskip", m.build_records(entries, (3, 6, 1))))
+    result = dump.render_dump(entries, "3.6")
+    assert result.text == tools.run("ctl_mboxlist", "-d").stdout
+    assert b"},\n,\n" in result.text and b'{"ok": "l"}' in result.text
+    assert any("not UTF-8" in w for w in result.warnings)
+
+
 def test_empty_database() -> None:
     assert dump.render_dump([], "3.6").text == b"{\n\n}\n"
     assert dump.render_dump([], "2.3").text == b""

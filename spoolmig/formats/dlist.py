@@ -6,9 +6,10 @@ Implements ``formats/dlist.md``. Cyrus writes these with ``dlist_printbuf``
 The Python shape of a parsed dlist is deliberately plain:
 
 * ``NIL`` is ``None``;
-* an atom, a quoted string or a literal is :class:`Str` (a ``bytes``
-  subclass that remembers how it was spelled, so a round trip is byte-exact
-  even for spellings Cyrus would not choose, such as ``{3+}`` or ``"a"``);
+* an atom, a quoted string or a literal is ``bytes`` — a :class:`Str` (a
+  ``bytes`` subclass that remembers its spelling) when it was not spelled the
+  way Cyrus spells it (``{3}``, ``"a"``, ``a*``), so a round trip is
+  byte-exact for any input;
 * ``( … )`` is a Python ``list``;
 * ``%( key value … )`` is a :class:`KvList`: an ordered list of
   ``(key, value)`` pairs (duplicates kept) with a dict-like :meth:`KvList.get`.
@@ -32,6 +33,7 @@ the absolute offset (``offset`` argument + position in ``data``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Union
 
@@ -170,23 +172,144 @@ def loads(data: bytes, *, file: str = "<dlist>", offset: int = 0, parsekey: bool
     Raises:
         FormatError: the text is not a complete, well-formed dlist.
     """
-    parser = _Parser(bytes(data), file, offset)
+    data = bytes(data)
     if parsekey:
+        parser = _Parser(data, file, offset)
         key = parser.string_token()
         parser.expect(b" ")
         value: Value = KvList([(key, parser.value())])
-    else:
-        value = parser.value()
-    if parser.pos != len(parser.data):
-        parser.fail("trailing bytes after the dlist value")
-    return value
+        if parser.pos != len(parser.data):
+            parser.fail("trailing bytes after the dlist value")
+        return value
+    return _fast_loads(data, file, offset)
+
+
+# One token per match: kvlist open, list open, close, separator, simple quoted
+# string, literal header, canonical atom. Anything else falls back to _Parser,
+# which gives the exact error or the unusual spelling.
+_TOKEN = re.compile(
+    rb'(%\()|(\()|(\))|( )|"([^"\\\r\n%\x80-\xff]*)"(?=[ )]|$)|\{([0-9]{1,12})\+?\}\r\n'
+    rb'|([^\x00-\x1e\x7f-\xff (){"%*\\]{1,1023})(?=[ )]|$)'
+)
+
+
+def _fast_loads(data: bytes, file: str, offset: int) -> Value:
+    """An iterative parser for the common case; defers to :class:`_Parser` on anything unusual."""
+    match = _TOKEN.match
+    n = len(data)
+    pos = 0
+    stack: list[list[Value] | KvList] = []
+    kinds: list[int] = []  # per open container: 0 list, 1 kvlist expecting key, 2 kvlist expecting value
+    keys: list[bytes] = []
+    fresh = True  # no item yet in the innermost container (no separator expected)
+    result: Value = None
+    done = False
+    while pos < n:
+        if done:
+            return _Parser.slow(data, file, offset)
+        m = match(data, pos)
+        if m is None:
+            return _Parser.slow(data, file, offset)
+        group = m.lastindex
+        pos = m.end()
+        if group == 4:  # separator
+            if fresh or not stack:
+                return _Parser.slow(data, file, offset)
+            fresh = True
+            continue
+        if group == 3:  # )
+            # refused: a ')' with nothing open, after a separator, or after a key without its value
+            if not stack or kinds[-1] == 2 or (fresh and len(stack[-1])):
+                return _Parser.slow(data, file, offset)
+            done_value: Value = stack.pop()
+            kinds.pop()
+            fresh = False
+            if not stack:
+                result, done = done_value, True
+                continue
+            value = done_value
+        else:
+            if not fresh:
+                return _Parser.slow(data, file, offset)
+            if group == 1 or group == 2:
+                if kinds and kinds[-1] == 1:
+                    return _Parser.slow(data, file, offset)  # a list as a kvlist key
+                if len(stack) >= 64:
+                    return _Parser.slow(data, file, offset)
+                stack.append(KvList() if group == 1 else [])
+                kinds.append(1 if group == 1 else 0)
+                fresh = True
+                continue
+            if group == 6:
+                length = int(m.group(6))
+                end = pos + length
+                if end > n:
+                    return _Parser.slow(data, file, offset)
+                raw = data[m.start():end]
+                text = data[pos:end]
+                pos = end
+                value = text if encode_string(text) == raw else Str.parsed(text, raw)
+                if pos < n and data[pos] not in (0x20, 0x29):
+                    return _Parser.slow(data, file, offset)
+            elif group == 5:
+                text = m.group(5)
+                raw = m.group(0)
+                value = text if encode_string(text) == raw else Str.parsed(text, raw)
+            else:
+                text = m.group(7)
+                if text == b"NIL":
+                    value = None if not (kinds and kinds[-1] == 1) else Str.parsed(text, text)
+                else:
+                    value = text
+            fresh = False
+            if not stack:
+                result, done = value, True
+                continue
+        # place ``value`` in the innermost container
+        top = stack[-1]
+        kind = kinds[-1]
+        if kind == 0:
+            top.append(value)  # type: ignore[arg-type]
+        elif kind == 1:
+            if not isinstance(value, bytes):
+                return _Parser.slow(data, file, offset)
+            keys.append(value)
+            kinds[-1] = 2
+            fresh = False
+            # the key must be followed by exactly one space and a value
+            continue
+        else:
+            top.append((keys.pop(), value))  # type: ignore[arg-type]
+            kinds[-1] = 1
+    if not done:
+        return _Parser.slow(data, file, offset)
+    return result
+
+
+_ATOM_RUN = re.compile(rb'[^ ()"{%]+')
+#: An atom Cyrus itself would print (imparse_isatom), so no spelling needs remembering.
+_CANONICAL_ATOM = re.compile(rb'[^\x00-\x1e\x7f-\xff (){"%*\\]{1,1023}')
 
 
 class _Parser:
-    """Recursive descent over the grammar of dlist_parsesax (single spaces only)."""
+    """Recursive descent over the grammar of dlist_parsesax (single spaces only).
+
+    Strings come back as plain ``bytes`` when spelled the way Cyrus spells
+    them, and as :class:`Str` remembering the spelling otherwise.
+    """
+
+    @classmethod
+    def slow(cls, data: bytes, file: str, base: int) -> Value:
+        """Parse ``data`` completely with exact error positions."""
+        parser = cls(data, file, base)
+        value = parser.value()
+        if parser.pos != len(parser.data):
+            parser.fail("trailing bytes after the dlist value")
+        return value
 
     def __init__(self, data: bytes, file: str, base: int) -> None:
         self.data = data
+        self.n = len(data)
         self.file = file
         self.base = base
         self.pos = 0
@@ -201,12 +324,12 @@ class _Parser:
         self.pos += len(token)
 
     def _peek_text(self) -> str:
-        if self.pos >= len(self.data):
+        if self.pos >= self.n:
             return "end of data"
         return repr(self.data[self.pos : self.pos + 8])
 
     def value(self) -> Value:
-        if self.pos >= len(self.data):
+        if self.pos >= self.n:
             self.fail("value expected, found end of data")
         c = self.data[self.pos]
         if c == 0x28:  # (
@@ -217,93 +340,108 @@ class _Parser:
             self.pos += 1
             return self._sequence(kv=True)
         s = self.string_token()
-        return None if s.raw == b"NIL" else s
+        return None if type(s) is Str and s.raw == b"NIL" else s
 
     def _sequence(self, *, kv: bool) -> list[Value] | KvList:
         self.depth += 1
         if self.depth > 64:
             self.fail("lists nested too deeply")
         self.pos += 1  # the '('
+        data = self.data
         items: list[Value] = []
         pairs = KvList()
         first = True
         while True:
-            if self.pos >= len(self.data):
+            if self.pos >= self.n:
                 self.fail("unterminated list")
-            if self.data[self.pos] == 0x29:  # )
+            c = data[self.pos]
+            if c == 0x29:  # )
                 self.pos += 1
                 break
             if not first:
-                self.expect(b" ")
+                if c != 0x20:
+                    self.fail(f"expected ' ', found {self._peek_text()}")
+                self.pos += 1
             first = False
             if kv:
                 key = self.string_token()
-                self.expect(b" ")
+                if self.pos >= self.n or data[self.pos] != 0x20:
+                    self.fail(f"expected ' ', found {self._peek_text()}")
+                self.pos += 1
                 pairs.append((key, self.value()))
             else:
                 items.append(self.value())
         self.depth -= 1
         return pairs if kv else items
 
-    def string_token(self) -> Str:
+    def string_token(self) -> bytes:
         """An atom, quoted string or literal at the current position."""
-        if self.pos >= len(self.data):
+        if self.pos >= self.n:
             self.fail("string expected, found end of data")
-        c = self.data[self.pos]
+        data = self.data
         start = self.pos
+        c = data[start]
         if c == 0x22:  # "
             return self._quoted(start)
         if c == 0x7B:  # {
             return self._literal(start)
-        end = self.pos
-        n = len(self.data)
-        while end < n and self.data[end] not in (0x20, 0x29):
-            end += 1
-        if end == start:
+        m = _ATOM_RUN.match(data, start)
+        if m is None:
             self.fail("empty atom")
-        atom = self.data[start:end]
-        if any(b in (0x28, 0x22, 0x7B, 0x25) for b in atom):
-            self.fail(f"bad character in atom {atom[:20]!r}")
+        end = m.end()
+        if end < self.n and data[end] not in (0x20, 0x29):
+            self.fail(f"bad character in atom {data[start:end + 1][:20]!r}")
         self.pos = end
+        atom = data[start:end]
+        if _CANONICAL_ATOM.fullmatch(atom) and atom != b"NIL":
+            return atom
         return Str.parsed(atom, atom)
 
-    def _quoted(self, start: int) -> Str:
+    def _spelled(self, value: bytes, raw: bytes) -> bytes:
+        return value if encode_string(value) == raw else Str.parsed(value, raw)
+
+    def _quoted(self, start: int) -> bytes:
+        data = self.data
+        close = data.find(b'"', start + 1)
+        if close >= 0 and data.find(b"\\", start + 1, close) < 0:
+            self.pos = close + 1
+            return self._spelled(data[start + 1 : close], data[start : close + 1])
         out = bytearray()
         i = start + 1
-        n = len(self.data)
-        while i < n:
-            c = self.data[i]
+        while i < self.n:
+            c = data[i]
             if c == 0x22:
                 self.pos = i + 1
-                return Str.parsed(bytes(out), self.data[start : self.pos])
+                return Str.parsed(bytes(out), data[start : self.pos])
             if c == 0x5C:  # backslash quotes the next byte
                 i += 1
-                if i >= n:
+                if i >= self.n:
                     break
-                c = self.data[i]
+                c = data[i]
             out.append(c)
             i += 1
         self.fail("unterminated quoted string", start)
         raise AssertionError  # unreachable
 
-    def _literal(self, start: int) -> Str:
+    def _literal(self, start: int) -> bytes:
+        data = self.data
         i = start + 1
-        n = len(self.data)
+        n = self.n
         digits = start + 1
-        while i < n and 0x30 <= self.data[i] <= 0x39:
+        while i < n and 0x30 <= data[i] <= 0x39:
             i += 1
         if i == digits or i - digits > 12:
             self.fail("bad literal length", start)
-        length = int(self.data[digits:i])
-        if i < n and self.data[i] == 0x2B:  # '+': non-synchronising literal
+        length = int(data[digits:i])
+        if i < n and data[i] == 0x2B:  # '+': non-synchronising literal
             i += 1
-        if not self.data.startswith(b"}\r\n", i):
+        if not data.startswith(b"}\r\n", i):
             self.fail("literal length not followed by '}' CRLF", start)
         body = i + 3
         if body + length > n:
             self.fail(f"literal of {length} bytes runs past the end of the data", start)
         self.pos = body + length
-        return Str.parsed(self.data[body : self.pos], self.data[start : self.pos])
+        return self._spelled(data[body : self.pos], data[start : self.pos])
 
 
 def walk_strings(value: Value) -> Iterator[bytes]:

@@ -27,6 +27,7 @@ with ``surrogateescape``, so any byte string survives a round trip
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -292,6 +293,12 @@ def intname_to_dbname(name: str, *, deletedprefix: str = DEFAULT_DELETEDPREFIX) 
 
 def dbname_to_intname(dbname: str, *, deletedprefix: str = DEFAULT_DELETEDPREFIX) -> str:
     """3.6 ``mboxname_from_dbname``: the inverse of :func:`intname_to_dbname`."""
+    if (
+        DB_DOMAINSEP not in dbname and "!" not in dbname and not dbname.startswith(deletedprefix)
+        and dbname and dbname[0] != DB_HIERSEP and dbname[-1] != DB_HIERSEP and DB_HIERSEP * 2 not in dbname
+    ):
+        # The common case (no domain, not deleted, no empty level): a plain substitution.
+        return dbname.replace(".", "^").replace(DB_HIERSEP, ".")
     domain = None
     if DB_DOMAINSEP in dbname:
         domain, dbname = dbname.split(DB_DOMAINSEP, 1)
@@ -410,56 +417,62 @@ def _parse_dlist(name: str | None, value: bytes, file: str, *, v2: bool) -> Mail
         raise FormatError(file, None, f"{what}: {error.problem}") from None
     if not isinstance(kv, KvList):
         raise FormatError(file, None, f"{what}: value is not a dlist kvlist: {value[:60]!r}")
-    fields: dict[str, object] = {}
+    fields: dict[bytes, object] = {}
     unknown: list[tuple[str, bytes]] = []
-    known = _KNOWN_V2 if v2 else _KNOWN_V1
-    for raw_key, item in kv:
-        key = to_str(raw_key)
+    known = _KNOWN_V2_B if v2 else _KNOWN_V1_B
+    for key, item in kv:
         if key not in known or key in fields:
-            unknown.append((key, dlist.dumps(item)))
+            unknown.append((to_str(key), dlist.dumps(item)))
             continue
         fields[key] = item
-
-    def text(key: str) -> str | None:
-        item = fields.get(key)
-        if item is None:
-            return None
+    strings: dict[bytes, str] = {}
+    for key, item in fields.items():
+        if key in (b"A", b"H"):
+            continue
         if not isinstance(item, bytes):
-            raise FormatError(file, None, f"{what}: {key} is a list, expected a string")
-        return to_str(item)
+            raise FormatError(file, None, f"{what}: {to_str(key)} is a list, expected a string")
+        strings[key] = to_str(item)
 
-    def number(key: str, bits: int = 64) -> int:
-        t = text(key)
+    def number(key: bytes, bits: int = 64) -> int:
+        t = strings.get(key)
         if t is None:
             return 0
-        if not t.isdigit() or int(t) >= 1 << bits:
-            raise FormatError(file, None, f"{what}: {key} is not a number: {t[:30]!r}")
+        if not t.isdigit() or len(t) > 20 or int(t) >= 1 << bits:
+            raise FormatError(file, None, f"{what}: {key.decode()} is not a number: {t[:30]!r}")
         return int(t)
 
-    acl: str | None = None
-    if "A" in fields:
-        acl = _acl_from_kvlist(fields["A"], file, what)
-    letters = text("T")
+    acl = _acl_from_kvlist(fields[b"A"], file, what) if b"A" in fields else None
     try:
-        if v2:
-            mbtype = MbType.from_letters(letters or "")
-        else:
-            mbtype = MbType.from_letters_v1(letters or "")
+        mbtype = (_mbtype_v2 if v2 else _mbtype_v1)(strings.get(b"T", ""))
     except ValueError as error:
         raise FormatError(file, None, f"{what}: {error}") from None
-    history: list[HistoryItem] = []
-    if v2 and "H" in fields:
-        history = _history(fields["H"], file, what)
-    dbname = text("N") if v2 else None
+    history: tuple[HistoryItem, ...] = ()
+    if v2 and b"H" in fields:
+        history = tuple(_history(fields[b"H"], file, what))
     entry_name = name
     if entry_name is None:
+        dbname = strings.get(b"N")
         entry_name = dbname_to_intname(dbname) if dbname is not None else ""
     return MailboxEntry(
-        name=entry_name, mbtype=mbtype, partition=text("P"), server=text("S"), acl=acl,
-        uniqueid=text("I"), uidvalidity=number("V", 32), mtime=number("M"),
-        createdmodseq=number("C"), foldermodseq=number("F"), history=tuple(history),
+        name=entry_name, mbtype=mbtype, partition=strings.get(b"P"), server=strings.get(b"S"), acl=acl,
+        uniqueid=strings.get(b"I"), uidvalidity=number(b"V", 32), mtime=number(b"M"),
+        createdmodseq=number(b"C"), foldermodseq=number(b"F"), history=history,
         source_format="v2" if v2 else "dlist", unknown_keys=tuple(unknown),
     )
+
+
+_KNOWN_V1_B = {k.encode() for k in _KNOWN_V1}
+_KNOWN_V2_B = {k.encode() for k in _KNOWN_V2}
+
+
+@functools.lru_cache(maxsize=256)
+def _mbtype_v2(letters: str) -> MbType:
+    return MbType.from_letters(letters)
+
+
+@functools.lru_cache(maxsize=256)
+def _mbtype_v1(letters: str) -> MbType:
+    return MbType.from_letters_v1(letters)
 
 
 def _acl_from_kvlist(item: object, file: str, what: str) -> str:
@@ -551,10 +564,14 @@ def _detect_layout(records: list[tuple[bytes, bytes]]) -> Literal["legacy", "dli
     return "legacy"
 
 
+_I_NAME = re.compile(rb"%\(T [^ ()]+ N ([^ ()\"{%]+) ")
+
+
 def _read_v2(records: list[tuple[bytes, bytes]], result: MailboxList) -> None:
+    """N records are the mailboxes; I records add name history (and are checked to point back)."""
     file = result.file
-    by_id: dict[str, MailboxEntry] = {}
-    names: list[tuple[str, MailboxEntry]] = []
+    ids: dict[bytes, bytes] = {}
+    names: list[tuple[bytes, MailboxEntry]] = []
     for key, value in records:
         kind = key[:1]
         if kind == b"$":
@@ -562,20 +579,32 @@ def _read_v2(records: list[tuple[bytes, bytes]], result: MailboxList) -> None:
         elif kind == b"A":
             result.skipped.append(SkippedKey(key, "reverse-ACL record (3.6 'A' key)"))
         elif kind == b"N":
-            dbname = to_str(key[1:])
-            entry = _parse_dlist(dbname_to_intname(dbname), value, file, v2=True)
-            names.append((dbname, entry))
+            entry = _parse_dlist(dbname_to_intname(to_str(key[1:])), value, file, v2=True)
+            names.append((key[1:], entry))
         elif kind == b"I":
-            entry = _parse_dlist(None, value, file, v2=True)
-            by_id[to_str(key[1:])] = dataclasses.replace(entry, uniqueid=to_str(key[1:]))
-    claimed: set[str] = set()
+            ids[key[1:]] = value
+    claimed: set[bytes] = set()
     for dbname, entry in names:
-        ident = by_id.get(entry.uniqueid or "")
-        if ident is not None and intname_to_dbname(ident.name) == dbname:
-            entry = dataclasses.replace(entry, history=ident.history)
-            claimed.add(entry.uniqueid or "")
+        uid = to_bytes(entry.uniqueid) if entry.uniqueid else None
+        value = ids.get(uid) if uid is not None else None
+        if value is None:
+            result.entries.append(entry)
+            continue
+        m = _I_NAME.match(value)
+        if m is not None and value.endswith(b" H ())"):
+            # The usual record: no history; only check that it names this mailbox.
+            if m.group(1) == dbname:
+                claimed.add(uid)  # type: ignore[arg-type]
+        else:
+            ident = _parse_dlist(None, value, file, v2=True)
+            if intname_to_dbname(ident.name) == to_str(dbname):
+                entry = dataclasses.replace(entry, history=ident.history)
+                claimed.add(uid)  # type: ignore[arg-type]
         result.entries.append(entry)
-    result.id_only = {u: e for u, e in by_id.items() if u not in claimed}
+    for uid, value in ids.items():
+        if uid not in claimed:
+            ident = _parse_dlist(None, value, file, v2=True)
+            result.id_only[to_str(uid)] = dataclasses.replace(ident, uniqueid=to_str(uid))
 
 
 def _version_evidence(result: MailboxList) -> None:

@@ -31,6 +31,7 @@ we write carries an explicit mbtype).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -164,6 +165,8 @@ def render_json(entries: Sequence[MailboxEntry], *, for_undump: bool) -> DumpRes
             continue
         if for_undump and not e.uniqueid:
             warnings.append(f"mailbox {e.name!r}: no uniqueid; 3.6 ctl_mboxlist -u skips it")
+        if _jstr(e.name) is None:
+            warnings.append(f"mailbox {e.name!r}: name is not UTF-8; 3.6 prints an empty item for it (invalid JSON)")
         items.append(_json_entry(e, for_undump))
     body = ",\n".join(items)
     return DumpResult(("{\n" + body + "\n}\n").encode("utf-8", "surrogateescape"), warnings, len(items))
@@ -234,6 +237,8 @@ def _jobject(pairs: list[tuple[str, str]]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
 
 
+#: Strings jansson prints verbatim between quotes (no escapes, no surrogates from undecodable bytes).
+_JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f\ud800-\udfff]*')
 _JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -241,6 +246,8 @@ def _jstr(value: str | None) -> str | None:
     """A JSON string as jansson dumps it (``\\u%04X`` for controls, UTF-8 kept); None for NULL or bad UTF-8."""
     if value is None:
         return None
+    if _JSON_PLAIN.fullmatch(value):
+        return '"' + value + '"'
     try:
         to_bytes(value).decode("utf-8")
     except UnicodeDecodeError:
