@@ -166,7 +166,7 @@ def scan_inorder(buf: Any, header: Header, file: str, order: Order | None = None
     This loop reads every record of the file, so it is written out flat.
     """
     size = len(buf)
-    offsets = array("L")
+    offsets = array("I")  # skiplist offsets are 32-bit
     append = offsets.append
     u32 = _u32
     off = DUMMY_OFFSET + 4 * (header.maxlevel + 4)
