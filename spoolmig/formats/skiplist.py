@@ -104,24 +104,24 @@ def read_header(buf: Any, file: str) -> Header:
     return header
 
 
-def _level(buf: Any, first: int, size: int, file: str, offset: int) -> int:
-    """Words between ``first`` and the 0xFFFFFFFF terminator (LEVEL_safe)."""
-    limit = min(size, first + 4 * (MAXLEVEL + 1))
+def _level(buf: Any, first: int, size: int, file: str, offset: int, most: int = MAXLEVEL) -> int:
+    """Words between ``first`` and the 0xFFFFFFFF terminator (LEVEL_safe), at most ``most``."""
+    limit = min(size, first + 4 * (most + 1))
     pos = buf.find(TERMINATOR, first, limit)
     while pos >= 0 and (pos - first) % 4:
         pos = buf.find(TERMINATOR, pos + 1, limit)
     if pos < 0:
         if limit == size:
             raise FormatError(file, offset, "record runs past the end of the file (no 0xFFFFFFFF terminator)")
-        raise FormatError(file, offset, f"record has more than {MAXLEVEL} forward pointers")
+        raise FormatError(file, offset, f"record has more than {most} forward pointers")
     level = (pos - first) // 4
     if level == 0:
         raise FormatError(file, offset, "record has no forward pointers")
     return level
 
 
-def node_at(buf: Any, offset: int, file: str) -> Node:
-    """Parse the node record at ``offset``; FormatError if it is not one."""
+def node_at(buf: Any, offset: int, file: str, most: int = MAXLEVEL) -> Node:
+    """Parse the node record at ``offset``; FormatError if it is not one (or has over ``most`` levels)."""
     size = len(buf)
     if offset % 4 or offset + 12 > size:
         raise FormatError(file, offset, "record header runs past the end of the file")
@@ -136,7 +136,7 @@ def node_at(buf: Any, offset: int, file: str) -> Node:
     first = dlpos + 4 + ((datalen + 3) & ~3)
     if first + 4 > size:
         raise FormatError(file, offset, f"data length {datalen} runs past the end of the file")
-    level = _level(buf, first, size, file, offset)
+    level = _level(buf, first, size, file, offset, most)
     return Node(offset, rtype, bytes(buf[kstart:kstart + keylen]), bytes(buf[dlpos + 4:dlpos + 4 + datalen]),
                 level, first + 4 * level + 4, first)
 
@@ -226,7 +226,8 @@ def scan_log(buf: Any, start: int, file: str) -> Log:
             continue
         if rtype == ADD:
             try:
-                node = node_at(buf, off, file)
+                # Cyrus sizes a node of any level here; only replaying one above 20 fails
+                node = node_at(buf, off, file, most=size // 4)
             except FormatError as error:
                 log.stopped = (off, error.problem)
                 break  # recovery: "RECSIZE of 0", the transaction is not replayed
