@@ -127,3 +127,23 @@ def test_writer_layout() -> None:
     assert struct.unpack_from(">I", buf, 48)[0] == skiplist.DUMMY
     with pytest.raises(ValueError):
         skiplist.build([(b"a\tb", b""), (b"a\nb", b"")], order="mbox")  # one key under the mailbox order
+
+
+def spec_hexdump_lines(spec: str) -> list[tuple[int, bytes]]:
+    """(offset, bytes) of every full hexdump line in a spec's annotated example."""
+    import re
+
+    out = []
+    for line in (Path(__file__).parents[1] / "formats" / spec).read_text().splitlines():
+        m = re.match(r"^([0-9a-f]{8}): ((?:[0-9a-f]{4} ?){1,8})", line)
+        if m:
+            out.append((int(m.group(1), 16), bytes.fromhex(m.group(2).replace(" ", ""))))
+    return out
+
+
+def test_spec_hexdump_is_the_committed_fixture() -> None:
+    buf = data("skiplist-tiny")
+    lines = spec_hexdump_lines("skiplist.md")
+    assert len(lines) >= 10
+    for offset, chunk in lines:
+        assert buf[offset:offset + len(chunk)] == chunk, hex(offset)

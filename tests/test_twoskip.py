@@ -126,3 +126,13 @@ def test_writer_layout_and_empty_database() -> None:
     empty = twoskip.build([])
     assert len(empty) == 64 + 272 and list(twoskip.records(empty, file="e")) == []
     assert empty[64:] == data("twoskip-empty")[64:]  # the DUMMY Cyrus writes for a new database
+
+
+def test_spec_hexdump_is_the_committed_fixture() -> None:
+    from test_skiplist import spec_hexdump_lines
+
+    buf = data("twoskip-tiny")
+    lines = spec_hexdump_lines("twoskip.md")
+    assert len(lines) >= 20
+    for offset, chunk in lines:
+        assert buf[offset:offset + len(chunk)] == chunk, hex(offset)
