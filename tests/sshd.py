@@ -140,9 +140,27 @@ class Sshd:
             todo.extend(kids)
         return out
 
+    def sshd_session_pids(self) -> list[int]:
+        """Only the sshd processes below the listener (monitor and session child of each connection).
+
+        Killing these drops the TCP connection, which is all a test needs. The
+        commands they run are left to die of the hang-up: SIGKILLing them too
+        can orphan lock files of whatever the login shell's rc file runs (a
+        root ~/.bashrc running ``pyenv init`` left a stale rehash lock that
+        made every later session wait 60 s).
+        """
+        out = []
+        for pid in self.session_pids():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    out.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return out
+
     def kill_sessions(self) -> int:
-        """SIGKILL every live connection (the listener stays up); return how many."""
-        pids = self.session_pids()
+        """SIGKILL every live connection (the listener stays up); return how many processes."""
+        pids = self.sshd_session_pids()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -152,7 +170,7 @@ class Sshd:
         """Stop listening and drop every live connection."""
         if self.proc is None:
             return
-        children = self.session_pids()
+        children = self.sshd_session_pids()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

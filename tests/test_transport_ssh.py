@@ -116,6 +116,18 @@ def test_open_source_from_config(up: Sshd, tmp_path: Path) -> None:
     assert isinstance(local, LocalSource)
 
 
+def test_nothing_listening_is_a_clean_transport_error(up: Sshd) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TransportError, match="cannot connect") as exc:
+        SshSource("127.0.0.1", port, "root", known_hosts=str(up.known_hosts),
+                  identity_file=str(up.identity_file), connect_timeout=2)
+    assert exc.value.exit_code == 7
+
+
 # -- dropped and hung connections -------------------------------------------------
 
 
@@ -216,7 +228,7 @@ def test_hung_connection_times_out_and_reconnects(up: Sshd, many: tuple[str, dic
     stopped: list[int] = []
 
     def freeze() -> None:
-        for pid in up.session_pids():
+        for pid in up.sshd_session_pids():
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
 

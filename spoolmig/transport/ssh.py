@@ -144,7 +144,10 @@ class SshSource:
         self._generation = 0
         self.reconnects = 0  # how many times a dropped connection was re-established
         self._fetch_dirs_ok: set[bytes] = set()
-        self._connect()
+        try:
+            self._connect()
+        except _Lost as error:
+            raise TransportError(str(error), hint="is the host reachable and sshd running?") from None
 
     @classmethod
     def from_config(cls, cfg: SourceConfig, **options: Any) -> SshSource:
