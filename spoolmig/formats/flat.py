@@ -8,6 +8,7 @@ file that way, so ``escaped=True`` (the default) is what ``cyr_dbtool`` shows.
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -41,7 +42,7 @@ def encode(field: bytes) -> bytes:
 
 def lines(buf: Any, file: str) -> Iterator[tuple[int, bytes, bytes]]:
     """(offset, raw key, raw value) of each line; a line without TAB or LF is damage."""
-    data = buf if isinstance(buf, bytes) else bytes(buf)
+    data = buf if isinstance(buf, (bytes, mmap.mmap)) else bytes(buf)  # both have find(): no copy of a map
     size = len(data)
     pos = 0
     while pos < size:
