@@ -25,8 +25,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     show = sub.add_parser(
         "show", parents=[common], help="print the records like `cyr_dbtool FILE <backend> show`",
-        description="Print every committed record as `key TAB value LF`, byte for byte what "
-        "`cyr_dbtool FILE <backend> show [PREFIX]` prints after a restart (uncommitted transactions rolled back).",
+        description="Print every committed record as `key TAB value LF`, byte for byte what\n"
+        "`cyr_dbtool FILE <backend> show [PREFIX]` prints after a restart (uncommitted\n"
+        "transactions rolled back). --json prints one object per record instead, with\n"
+        "key_b64/value_b64 and, when printable UTF-8, key/value as text.",
         epilog="examples:\n  spoolmig db show /var/lib/imap/mailboxes.db\n  spoolmig db show mailboxes.db user.bob"
         "\n  spoolmig db show --json bob.seen",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "recover", parents=[common], help="salvage the intact committed records into a fresh database",
         description="Read every intact committed record of a damaged database, report on stderr what could "
         "not be read and where, and write a fresh, valid database to OUT (exit 1 when something was lost).",
-        epilog="example: spoolmig db recover mailboxes.db mailboxes.recovered.db --backend twoskip",
+        epilog="exit status: 0 nothing lost, 1 records or transactions could not be read (listed)\n"
+        "example: spoolmig db recover mailboxes.db mailboxes.recovered.db --backend twoskip",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recover.add_argument("file", metavar="FILE", help="the damaged database (never modified)")
