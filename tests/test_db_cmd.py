@@ -140,3 +140,14 @@ def test_help_for_each_db_command() -> None:
     for sub in ("show", "check", "recover"):
         result = spoolmig("db", sub, "--help")
         assert result.returncode == 0 and b"usage: spoolmig db " + sub.encode() in result.stdout
+
+
+@pytest.mark.cyrus
+@pytest.mark.parametrize("backend", ["skiplist", "twoskip"])
+def test_recover_keeps_the_mailbox_order(cyrus: CyrusTools, tmp_path: Path, backend: str) -> None:
+    """A file of a server with improved_mboxlist_sort stays readable by that server after recovery."""
+    out = tmp_path / "recovered.db"
+    result = spoolmig("db", "recover", str(FIXTURES / f"{backend}-mbox.db"), str(out))
+    assert result.returncode == 0 and b"mailbox order" in result.stderr
+    assert dbtool(cyrus, out, backend, "consistent", "-M").stdout == b"Yes, consistent\n"
+    assert dbtool(cyrus, out, backend, "show", "-M").stdout == (FIXTURES / f"{backend}-mbox.M.show").read_bytes()

@@ -171,10 +171,14 @@ def run_recover(args: argparse.Namespace) -> int:
     with cyrusdb.mapped(args.file) as buf:
         source = args.from_backend or (cyrusdb.guess_backend(buf, file=args.file) if len(buf) else "flat")
         target = args.backend or source
-        order = "mbox" if args.mbox else None
         items, report = cyrusdb.salvage(buf, file=args.file, backend=source,
-                                        order=order or cyrusdb.default_order(target))
-    atomic_write(args.out, cyrusdb.build(target, items, order=order or cyrusdb.default_order(target)))
+                                        order="mbox" if args.mbox else None)
+    # keep the order the file was written in (a server with improved_mboxlist_sort reads it that way)
+    order = "mbox" if args.mbox or report.order == "mbox" else cyrusdb.default_order(target)
+    if order != "mbox" and target != "flat":
+        sk = cyrusdb.sort_key(order)
+        items.sort(key=lambda kv: sk(kv[0]))
+    atomic_write(args.out, cyrusdb.build(target, items, order=order))
     for offset, problem in report.problems:
         print("spoolmig: " + _where(args.file, offset) + problem, file=sys.stderr)
     if not args.quiet:

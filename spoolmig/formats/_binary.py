@@ -147,6 +147,8 @@ class Report:
         self.problems: list[tuple[int | None, str]] = []
         self.notes: list[tuple[int | None, str]] = []
         self.records = 0
+        #: the key order the file's sorted runs show, when it is not the backend's default (salvage)
+        self.order: Order | None = None
 
     def problem(self, offset: int | None, text: str) -> None:
         self.problems.append((offset, text))
@@ -197,3 +199,28 @@ class SortedState:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+class OrderWitness:
+    """Watches keys that a file stores in sorted runs and tells which order they are in."""
+
+    def __init__(self, default: Order) -> None:
+        self.default = default
+        self.sk = {o: sort_key(o) for o in (default, "mbox")}
+        self.ok = {default: True, "mbox": True}
+        self.previous: dict[str, bytes] = {}
+
+    def see(self, key: bytes) -> None:
+        for order, ok in self.ok.items():
+            if ok:
+                k = self.sk[order](key)  # type: ignore[index]
+                if order in self.previous and k <= self.previous[order]:
+                    self.ok[order] = False
+                self.previous[order] = k
+
+    def restart(self) -> None:
+        """A new sorted run begins (keys before it are not compared with keys after)."""
+        self.previous.clear()
+
+    def mbox_only(self) -> bool:
+        return self.ok["mbox"] and not self.ok[self.default] and bool(self.previous or not self.ok[self.default])

@@ -203,10 +203,14 @@ def guess_backend(buf: bytes | memoryview, *, file: str) -> Backend:
 
 def salvage(buf: bytes | memoryview, *, file: str, backend: Backend | None = None, order: Order | None = None
             ) -> tuple[list[tuple[bytes, bytes]], Report]:
-    """Every intact committed record of a (damaged) database, sorted, with a report of the losses."""
+    """Every intact committed record of a (damaged) database, sorted, with a report of the losses.
+
+    ``order`` None: the order the file shows (``report.order`` says "mbox" for
+    a mailbox-sorted file), else the backend's default.
+    """
     data = _whole(buf)
     if len(data) == 0:
         return [], Report()
     kind = backend or guess_backend(data, file=file)
     module = {"skiplist": skiplist, "twoskip": twoskip, "flat": flat}[kind]
-    return module.salvage(data, file=file, order=order or _DEFAULT_ORDER[kind])
+    return module.salvage(data, file=file, order=order)

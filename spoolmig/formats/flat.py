@@ -108,7 +108,7 @@ def check(buf: Any, *, file: str) -> Report:
     return report
 
 
-def salvage(buf: Any, *, file: str, order: Order = "mbox") -> tuple[list[tuple[bytes, bytes]], Report]:
+def salvage(buf: Any, *, file: str, order: Order | None = None) -> tuple[list[tuple[bytes, bytes]], Report]:
     """Every well-formed line of a damaged flat file; the others are reported."""
     report = Report()
     data = buf if isinstance(buf, bytes) else bytes(buf)
@@ -126,7 +126,7 @@ def salvage(buf: Any, *, file: str, order: Order = "mbox") -> tuple[list[tuple[b
         else:
             result[decode(line[:tab])] = decode(line[tab + 1:])
         pos = line_end + 1
-    sk = sort_key(order)
+    sk = sort_key(order or "mbox")
     items = sorted(result.items(), key=lambda kv: sk(kv[0]))
     report.records = len(items)
     return items, report

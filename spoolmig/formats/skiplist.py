@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from spoolmig.errors import FormatError
 
-from ._binary import Order, Report, SortedState, sort_key, table
+from ._binary import Order, OrderWitness, Report, SortedState, sort_key, table
 
 MAGIC = b"\xa1\x02\x8b\x0dskiplist file\x00\x00\x00"
 HEADER_SIZE = 48
@@ -541,7 +541,7 @@ def _check_chains(buf: Any, header: Header, end: int, order: Order, report: Repo
             report.problem(DUMMY_OFFSET, f"level 0 chain links {seen} records but {report.records} are committed")
 
 
-def salvage(buf: Any, *, file: str, order: Order = "signed") -> tuple[list[tuple[bytes, bytes]], Report]:
+def salvage(buf: Any, *, file: str, order: Order | None = None) -> tuple[list[tuple[bytes, bytes]], Report]:
     """Every intact committed record of a damaged file, and what was lost where.
 
     Reads linearly from the DUMMY on, re-synchronising on the next plausible
@@ -557,6 +557,7 @@ def salvage(buf: Any, *, file: str, order: Order = "signed") -> tuple[list[tuple
         report.problem(0, "skiplist header damaged (magic); reading records anyway")
     off = DUMMY_OFFSET
     bad_from: int | None = None
+    witness = OrderWitness("signed")
 
     def plausible(at: int) -> bool:
         if at + 4 > size:
@@ -590,6 +591,7 @@ def salvage(buf: Any, *, file: str, order: Order = "signed") -> tuple[list[tuple
                 key_at[off] = node.key
                 if t == INORDER:
                     state[node.key] = node.value
+                    witness.see(node.key)
                 elif t == ADD:
                     pending.append((ADD, off, node.key, node.value))
                 off = node.end
@@ -625,7 +627,10 @@ def salvage(buf: Any, *, file: str, order: Order = "signed") -> tuple[list[tuple
         report.problem(bad_from, f"{size - bad_from} unreadable bytes at the end")
     if pending:
         report.note(pending[0][1], f"uncommitted transaction of {len(pending)} records rolled back")
-    sk = sort_key(order)
+    if order is None and witness.mbox_only():
+        report.order = order = "mbox"
+        report.note(None, "records are in mailbox order (improved_mboxlist_sort)")
+    sk = sort_key(order or "signed")
     result = sorted(state.items(), key=lambda kv: sk(kv[0]))
     report.records = len(result)
     return result, report

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from spoolmig.errors import FormatError
 
-from ._binary import Order, Report, SortedState, roundup, sort_key, table
+from ._binary import Order, OrderWitness, Report, SortedState, roundup, sort_key, table
 
 MAGIC = b"\xa1\x02\x8b\x0dtwoskip file\x00\x00\x00\x00"
 HEADER_SIZE = 64
@@ -485,7 +485,18 @@ def _check_levels(buf: Any, end: int, header: Header, report: Report, file: str,
         report.problem(32, f"header num_records {header.num_records} but {count} records are linked")
 
 
-def salvage(buf: Any, *, file: str, order: Order = "raw") -> tuple[list[tuple[bytes, bytes]], Report]:
+def _chain_order(buf: Any, file: str, end: int) -> Order | None:
+    """The order the readable part of the committed chain is in, if it is the mailbox order only."""
+    witness = OrderWitness("raw")
+    try:
+        for rec in walk(buf, file, end, order=None):
+            witness.see(bytes(buf[rec.keyoffset:rec.keyoffset + rec.keylen]))
+    except FormatError:
+        pass
+    return "mbox" if witness.mbox_only() else None
+
+
+def salvage(buf: Any, *, file: str, order: Order | None = None) -> tuple[list[tuple[bytes, bytes]], Report]:
     """Every intact committed record of a damaged file, and what was lost where.
 
     Like Cyrus's recovery2 it replays, in file order, the transactions that
@@ -502,6 +513,12 @@ def salvage(buf: Any, *, file: str, order: Order = "raw") -> tuple[list[tuple[by
     if end < DUMMY_OFFSET:
         end = size
     mv = memoryview(buf)
+    if order is None:
+        # a DELETE is replayed onto "the key before its successor": that needs the file's own order
+        order = _chain_order(buf, file, end) or "raw"
+        if order == "mbox":
+            report.order = "mbox"
+            report.note(None, "records are in mailbox order (improved_mboxlist_sort)")
     state = SortedState(order)
     pending: list[Record] = []
     dirty = False
