@@ -46,9 +46,12 @@ CHUNK = 5000
 WRITERS = 2
 #: Files up to this size are buffered and handed to the writers.
 BUFFER_MAX = 4 << 20
+#: Small files are handed to the writers in groups (one task each) of this size.
+GROUP_FILES = 64
+GROUP_BYTES = 2 << 20
 #: Bound on buffered data waiting for the writers.
 INFLIGHT_BYTES = 16 << 20
-INFLIGHT_FILES = 512
+INFLIGHT_GROUPS = 16
 #: Re-list everything with one walk when more directories than this fraction changed.
 RELIST_WALK_FRACTION = 0.5
 #: ... and more than this many (below it, listing them is cheap anyway).
@@ -100,8 +103,11 @@ class TreeWorker:
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
         self.touched: set[bytes] = set()
         self._writers: ThreadPoolExecutor | None = None
-        self._inflight: collections.deque[tuple[Future[int], int]] = collections.deque()
+        self._inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
         self._inflight_bytes = 0
+        self._group: list[Any] = []
+        self._group_bytes = 0
+        self._futures: dict[int, Future[None]] = {}
         conn.executescript(_TEMP_TABLES)
 
     # ------------------------------------------------------------------ scan
@@ -430,6 +436,8 @@ class TreeWorker:
             self._writers = None
             self._inflight.clear()
             self._inflight_bytes = 0
+            self._group, self._group_bytes = [], 0
+            self._futures.clear()
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
         self._links()
@@ -459,8 +467,10 @@ class TreeWorker:
                 self._commit([f() for f in done], gone, size)
                 done.clear()
                 gone.clear()
+                self._futures.clear()
                 size = 0
         self._commit([f() for f in done], gone, size)
+        self._futures.clear()
 
     def _commit(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """The batch's files are in place: sync them, then record them in one transaction."""
@@ -525,15 +535,42 @@ class TreeWorker:
             chunks.append(chunk)
         data = b"".join(chunks)
         replica.ensure_dir(name, parent or b"")
-        future = self._writers.submit(replica.write_bytes, name, path, data, mode, mtime,
-                                      replacing=action != NEW)
-        self._inflight.append((future, len(data)))
-        self._inflight_bytes += len(data)
-        while self._inflight and (self._inflight_bytes > INFLIGHT_BYTES or len(self._inflight) > INFLIGHT_FILES):
+        group = self._group
+        index = len(group)
+        group.append((name, path, data, mode, mtime, action != NEW))
+        self._group_bytes += len(data)
+        if len(group) >= GROUP_FILES or self._group_bytes >= GROUP_BYTES:
+            self._flush_group()
+        return lambda: record(group[index] if isinstance(group[index], int) else self._written(group, index))
+
+    def _flush_group(self) -> None:
+        """Hand the buffered small files to a writer thread as one task (one submit per group)."""
+        group, size = self._group, self._group_bytes
+        if not group:
+            return
+        assert self._writers is not None and self.replica is not None
+        replica = self.replica
+
+        def write_all() -> None:
+            for i, (name, path, data, mode, mtime, replacing) in enumerate(group):
+                group[i] = replica.write_bytes(name, path, data, mode, mtime, replacing=replacing)
+
+        future = self._writers.submit(write_all)
+        self._futures[id(group)] = future
+        self._group, self._group_bytes = [], 0
+        self._inflight.append((future, size))
+        self._inflight_bytes += size
+        while self._inflight and (self._inflight_bytes > INFLIGHT_BYTES or len(self._inflight) > INFLIGHT_GROUPS):
             oldest, n = self._inflight.popleft()
             oldest.result()
             self._inflight_bytes -= n
-        return lambda: record(future.result())
+
+    def _written(self, group: list[Any], index: int) -> int:
+        """Bytes written for one file of a group (waiting for its writer)."""
+        if group is self._group:
+            self._flush_group()
+        self._futures[id(group)].result()
+        return int(group[index])
 
     def _recheck_metadata(self, source: Source) -> None:
         """--final: stat the metadata files again after copying them; a change during the read marks them stale.
