@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spoolmig import config
-
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``init`` to the parser."""
@@ -21,5 +19,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from spoolmig import config
+
     sys.stdout.write(config.template())
     return 0
