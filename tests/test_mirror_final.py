@@ -172,6 +172,8 @@ def test_dry_run_changes_nothing_and_predicts_the_pass(setup) -> None:  # noqa: 
     for figure in ("files_new", "bytes_new", "files_changed", "files_deleted", "bytes_deleted"):
         assert dry.figures[figure] == real.figures[figure], figure
     assert dry.figures["files_new"] == 4 and dry.figures["files_deleted"] == 2
+    assert sum(line.startswith("fetch (new): partition-") for line in dry.planned) == 4
+    assert sum(line.startswith("delete: partition-") for line in dry.planned) == 2
 
 
 def test_dry_run_creates_no_mirror(setup) -> None:  # noqa: ANN001
@@ -293,3 +295,18 @@ def test_cli_help_teaches(capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit):
         main(["status", "--help"])
     assert "forecast" in capsys.readouterr().out
+
+
+def test_owner_is_mapped_when_running_as_root(tmp_path: Path) -> None:
+    import grp
+    import pwd
+
+    assert os.geteuid() == 0, "the test machine runs the suite as root"
+    server = make_server(tmp_path / "old", users=1, messages=5)
+    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+    cfg = load_config(tmp_path, server, tmp_path / "mirror", mirror_extra=f'owner = "nobody:{group}"\n')
+    run_pass(cfg, local_factory(cfg))
+    nobody = pwd.getpwnam("nobody")
+    for path in (tmp_path / "mirror" / "partition-default").rglob("*"):
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), path

@@ -132,7 +132,10 @@ def _print_report(report: Any, *, quiet: bool) -> None:
         print(f"  {int(f['files_vanished'])} files vanished from the source before they were copied", file=out)
     if f["checksum_mismatches"]:
         print(f"  {int(f['checksum_mismatches'])} files had a different sha256 and were copied again", file=out)
-    if not report.dry_run and report.mode != "final" or report.dry_run:
+    if report.dry_run:
+        for line in report.planned:
+            print(f"  {line}", file=out)
+    else:
         print(f"  replica: {int(f['replica_files'])} files, {_size(f['replica_bytes'])}", file=out)
     if report.mode == "final" and not report.dry_run:
         if report.statement:

@@ -31,6 +31,8 @@ class PassReport:
     figures: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PASS_FIGURES + PASS_TIMES, 0))
     warnings: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
+    #: --dry-run: a sample of what the pass would do ("fetch (new): partition-default/...").
+    planned: list[str] = field(default_factory=list)
     differences_total: int = 0
     #: --final: the verified statement (None when not verified).
     statement: str | None = None
@@ -51,6 +53,10 @@ class PassReport:
                 self.warnings.append(message)
             elif len(self.warnings) == MAX_LINES:
                 self.warnings.append("(more warnings not shown)")
+
+    def plan(self, message: str) -> None:
+        with self._lock:
+            self.planned.append(message)
 
     def differ(self, message: str) -> None:
         with self._lock:
@@ -73,7 +79,7 @@ class PassReport:
         return {
             "pass": self.pass_id, "mode": self.mode, "dry_run": self.dry_run, "source": self.source,
             "duration_seconds": round(self.duration, 3), **figures,
-            "warnings": self.warnings, "differences": self.differences,
+            "warnings": self.warnings, "differences": self.differences, "planned": self.planned,
             "differences_total": self.differences_total, "statement": self.statement,
             "exit_code": self.exit_code(),
         }

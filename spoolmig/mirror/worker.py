@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Rows moved between Python and SQLite at a time.
 CHUNK = 5000
+#: Paths a dry run names per tree and action.
+SAMPLE = 20
 #: Writer threads per tree (0: write in the fetching thread).
 WRITERS = 2
 #: Files up to this size are buffered and handed to the writers.
@@ -320,6 +322,15 @@ class TreeWorker:
             " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = d.path)").fetchone()
         self.report.add(files_deleted=n, bytes_deleted=size)
         self.report.add(dirs_total=conn.execute("SELECT count(*) FROM seen WHERE kind = 'd'").fetchone()[0])
+        if self.replica is None:  # a dry run shows a sample of what it would do
+            label = {NEW: "fetch (new)", CHANGED: "fetch (changed)", RECOPY: "copy again (metadata)"}
+            for path, action in conn.execute("SELECT path, action FROM todo ORDER BY id LIMIT ?", (SAMPLE,)):
+                self.report.plan(f"{label[action]}: {show_path(self.tree.name, path)}")
+            for (path,) in conn.execute("SELECT path FROM dels d WHERE kind <> 'd' AND NOT EXISTS"
+                                        " (SELECT 1 FROM seen s WHERE s.path = d.path) ORDER BY path LIMIT ?",
+                                        (SAMPLE,)):
+                self.report.plan(f"{'delete' if self.delete else 'keep (gone from source)'}: "
+                                 f"{show_path(self.tree.name, path)}")
 
     def planned_bytes(self) -> int:
         return int(self.conn.execute("SELECT coalesce(sum(size), 0) FROM todo WHERE kind = 'f'").fetchone()[0])
