@@ -250,3 +250,31 @@ def test_full_pass_repairs_a_tampered_replica(setup) -> None:  # noqa: ANN001
     assert not stray.exists()
     assert_mirrors(server.root, cfg)
     assert_state_matches_disk(mirror)
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.phases: list[list] = []
+
+    def start(self, label: str, total: int | None = None, unit: str = "it") -> None:
+        self.phases.append([label, total, unit, 0])
+
+    def advance(self, n: int = 1) -> None:
+        self.phases[-1][3] += n
+
+    def note(self, message: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_progress_reports_entries_then_bytes(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    progress = RecordingProgress()
+    report = run_pass(cfg, local_factory(cfg), progress=progress)
+    (listing, _, unit1, entries), (copying, total, unit2, copied) = progress.phases
+    assert (listing, unit1, copying, unit2) == ("listing", "entries", "copying", "B")
+    assert entries == report.figures["entries_listed"]
+    symlink_bytes = sum(len(os.readlink(p)) for p in (Path(cfg.mirror.path) / "sieve").rglob("defaultbc"))
+    assert total == copied == report.figures["bytes_new"] - symlink_bytes

@@ -257,8 +257,8 @@ def _dry_run_scan(trees: list[Tree], conn, report: PassReport, options: Options,
 def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, progress: Progress,
             report: PassReport, digests: list[tuple[str, int]] | None) -> None:
     t0 = time.monotonic()
-    progress.start("listing", None, "dirs")
-    _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s))
+    progress.start("listing", None, "entries")
+    _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s, progress))
     progress.finish()
     t1 = time.monotonic()
     report.add(list_seconds=t1 - t0)

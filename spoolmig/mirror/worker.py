@@ -105,6 +105,7 @@ class TreeWorker:
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
         self.touched: set[bytes] = set()
         self._writers: ThreadPoolExecutor | None = None
+        self._progress: Progress | None = None
         self._inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
         self._inflight_bytes = 0
         self._group: list[Any] = []
@@ -114,9 +115,10 @@ class TreeWorker:
 
     # ------------------------------------------------------------------ scan
 
-    def scan(self, source: Source) -> None:
+    def scan(self, source: Source, progress: Progress | None = None) -> None:
         """List the source, compare with the state, fill ``todo`` and ``dels``."""
         tree, conn = self.tree, self.conn
+        self._progress = progress
         prior = conn.execute("SELECT count(*) FROM main.files WHERE tree = ?", (tree.name,)).fetchone()[0]
         self.full_cover = self.full or self.final or not tree.cheap or prior == 0
         if (self.full or self.final) and self.replica is not None:
@@ -171,6 +173,8 @@ class TreeWorker:
             conn.executemany(put, files)
             conn.executemany(put_dir, dirs)
             conn.execute("COMMIT")
+            if self._progress is not None:
+                self._progress.advance(len(files) + len(dirs))
             files.clear()
             dirs.clear()
 
