@@ -162,3 +162,30 @@ def test_source_names_that_would_escape_are_refused(setup) -> None:  # noqa: ANN
 def test_check_relpath(path: bytes, problem: str | None) -> None:
     result = check_relpath(path)
     assert (result is None) if problem is None else (result is not None and problem in result)
+
+
+def test_deleting_under_a_planted_replica_symlink_deletes_nothing_outside(setup) -> None:  # noqa: ANN001
+    from spoolmig.mirror.engine import Options
+
+    server, cfg, outside = setup
+    run_pass(cfg, local_factory(cfg))
+    mbox = next(m for m in server.mailboxes.values() if server.partition_of[m.name] == "default"
+                and len(m.uids) >= 2 and not any(o.startswith(m.name + ".") for o in server.mailboxes))
+    rel = server.mailbox_dir(mbox).relative_to(server.path(server.partitions["default"]))
+    planted = Path(cfg.mirror.path) / "partition-default" / rel
+    import shutil
+
+    names = [p.name for p in planted.iterdir()]
+    shutil.rmtree(planted)
+    os.symlink(outside, planted)
+    for name in names:  # the outside directory looks like the mailbox
+        (outside / name).write_bytes(b"outside, not ours")
+    before = tree_digest(outside)
+    uid = mbox.uids.pop(0)
+    (server.mailbox_dir(mbox) / f"{uid}.").unlink()
+    server._write_metadata(mbox)
+    run_pass(cfg, local_factory(cfg))
+    run_pass(cfg, local_factory(cfg), Options(full=True))
+    assert tree_digest(outside) == before
+    assert planted.is_dir() and not planted.is_symlink()
+    assert_mirrors(server.root, cfg)

@@ -15,6 +15,7 @@ from test_mirror_support import (
     load_config,
     local_factory,
     make_server,
+    no_freshness,  # noqa: F401 - fixture
     temporaries,
 )
 
@@ -59,6 +60,7 @@ def _not_copied(server) -> int:  # noqa: ANN001
     return n
 
 
+@pytest.mark.usefixtures("no_freshness")
 def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None:  # noqa: ANN001
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))
@@ -70,6 +72,7 @@ def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None: 
     assert all(cheap for root, cheap in rec.walks if "spool" in root)
 
 
+@pytest.mark.usefixtures("no_freshness")
 def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # noqa: ANN001
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))
@@ -204,6 +207,7 @@ def test_cyrus_temporaries_and_staging_are_not_copied(setup) -> None:  # noqa: A
     assert_mirrors(server.root, cfg)
 
 
+@pytest.mark.usefixtures("no_freshness")
 def test_changed_tree_switches_to_one_walk(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """When most directories changed, one walk replaces listing them one by one."""
     from spoolmig.mirror import worker
@@ -221,6 +225,7 @@ def test_changed_tree_switches_to_one_walk(setup, monkeypatch: pytest.MonkeyPatc
     assert_mirrors(server.root, cfg)
 
 
+@pytest.mark.usefixtures("no_freshness")
 def test_pass_figures_are_recorded(setup) -> None:  # noqa: ANN001
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))
@@ -278,3 +283,33 @@ def test_progress_reports_entries_then_bytes(setup) -> None:  # noqa: ANN001
     assert entries == report.figures["entries_listed"]
     symlink_bytes = sum(len(os.readlink(p)) for p in (Path(cfg.mirror.path) / "sieve").rglob("defaultbc"))
     assert total == copied == report.figures["bytes_new"] - symlink_bytes
+
+
+def test_a_change_in_the_same_clock_tick_as_the_listing_is_not_missed(setup) -> None:  # noqa: ANN001
+    """A delivery right after the listing, in the same tick, leaves the directory mtime unchanged."""
+    server, cfg = setup
+    mbox = next(iter(server.mailboxes.values()))
+    directory = server.mailbox_dir(mbox)
+    now = time.time_ns()
+    os.utime(directory, ns=(now, now))  # the newest directory: just changed
+    run_pass(cfg, local_factory(cfg))
+    new = server._append(mbox)
+    os.utime(directory, ns=(now, now))  # same tick: the mtime did not move
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.figures["files_new"] == 1
+    assert (Path(cfg.mirror.path) / _replica_path(server, cfg, new)[0] / _replica_path(server, cfg, new)[1]).exists()
+    assert_mirrors(server.root, cfg)
+
+
+def test_old_directories_are_trusted(setup) -> None:  # noqa: ANN001
+    """On a source quiet for minutes nothing is too fresh: a no-change pass lists no directory."""
+    server, cfg = setup
+    old = time.time_ns() - 3600 * 10**9
+    for dirpath, dirs, files in os.walk(server.root):
+        for name in files + dirs:
+            os.utime(os.path.join(dirpath, name), ns=(old, old), follow_symlinks=False)
+        os.utime(dirpath, ns=(old, old))
+    run_pass(cfg, local_factory(cfg))
+    rec = Recording(LocalSource(cfg.source.url.path))
+    run_pass(cfg, lambda: rec)
+    assert rec.listed == []

@@ -15,6 +15,7 @@ from test_mirror_support import (
     assert_mirrors,
     assert_state_matches_disk,
     make_server,
+    no_freshness,  # noqa: F401 - fixture
     temporaries,
 )
 
@@ -62,6 +63,7 @@ def setup(tmp_path: Path, sshd: Sshd):  # noqa: ANN201, F811
     return server, cfg, sshd
 
 
+@pytest.mark.usefixtures("no_freshness")
 def test_mirror_over_ssh_file_for_file_and_incremental(setup) -> None:  # noqa: ANN001
     server, cfg, _ = setup
     report = run_pass(cfg, lambda: open_source(cfg.source))

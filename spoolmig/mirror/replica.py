@@ -68,6 +68,15 @@ class Replica:
         #: Directories known to be real directories in this pass (bounded by the dir count).
         self._dirs: set[bytes] = set()
 
+    def open_file(self, tree: str, rel: bytes) -> int | None:
+        """A read-only descriptor of a replica file, never through a symlink; None if not a real file."""
+        if not self._parent_is_real(tree, rel):
+            return None
+        try:
+            return os.open(self.path(tree, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+
     def path(self, tree: str, rel: bytes) -> bytes:
         base = self.root + b"/" + tree.encode()
         return base + b"/" + rel if rel else base
@@ -106,11 +115,38 @@ class Replica:
             self._dirs.add(current)
         return full
 
+    def is_real_dir(self, tree: str, rel: bytes) -> bool:
+        """Is ``rel`` a directory reached through real directories only (no symlink on the way)?
+
+        Every read-modify operation (remove, attributes, scans) checks this
+        first, so a symlink in the replica, planted or left over, is never
+        followed.
+        """
+        current = self.root
+        for part in [tree.encode(), *(rel.split(b"/") if rel else [])]:
+            current = current + b"/" + part
+            if current in self._dirs:
+                continue
+            try:
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return False
+            except FileNotFoundError:
+                return False
+            except OSError as error:
+                raise self._error(current, error) from None
+            self._dirs.add(current)
+        return True
+
+    def _parent_is_real(self, tree: str, rel: bytes) -> bool:
+        return self.is_real_dir(tree, rel.rpartition(b"/")[0])
+
     def set_dir_attrs(self, tree: str, rel: bytes, mode: int, mtime_ns: int) -> None:
         """Give a directory the source's mode and mtime (after its entries are written).
 
         Not running as root, the owner keeps rwx so later passes can write into it.
         """
+        if not self.is_real_dir(tree, rel):
+            return
         full = self.path(tree, rel)
         try:
             os.chmod(full, mode if self._root_user else mode | 0o700, follow_symlinks=False)
@@ -199,7 +235,13 @@ class Replica:
             raise self._error(full, error) from None
 
     def remove(self, tree: str, rel: bytes) -> bool:
-        """Delete an entry (a directory with everything below it); False if absent."""
+        """Delete an entry (a directory with everything below it); False if absent.
+
+        Nothing is removed through a symlink: an entry whose parent is not a
+        real directory of the replica is not there as far as the replica goes.
+        """
+        if rel and not self._parent_is_real(tree, rel):
+            return False
         full = self.path(tree, rel)
         try:
             st = os.lstat(full)
@@ -215,7 +257,7 @@ class Replica:
         return True
 
     def exists(self, tree: str, rel: bytes) -> bool:
-        return os.path.lexists(self.path(tree, rel))
+        return (not rel or self._parent_is_real(tree, rel)) and os.path.lexists(self.path(tree, rel))
 
     # -- durability and cleanup -------------------------------------------
 
@@ -235,6 +277,8 @@ class Replica:
         directory = self.path(tree, rel)
         entries: list[tuple[bytes, str]] = []
         removed = 0
+        if not self.is_real_dir(tree, rel):
+            return entries, 0
         try:
             it = os.scandir(directory)
         except (FileNotFoundError, NotADirectoryError):

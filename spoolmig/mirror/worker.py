@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 CHUNK = 5000
 #: Paths a dry run names per tree and action.
 SAMPLE = 20
+#: Directory mtimes are checked for freshness when the source's newest mtime is this close to our clock.
+FRESH_CLOCK_WINDOW_NS = 300 * 1_000_000_000
 #: Writer threads per tree (0: write in the fetching thread).
 WRITERS = 2
 #: Files up to this size are buffered and handed to the writers.
@@ -106,6 +108,7 @@ class TreeWorker:
         self.touched: set[bytes] = set()
         self._writers: ThreadPoolExecutor | None = None
         self._progress: Progress | None = None
+        self._fresh_from: int | None = None
         self._inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
         self._inflight_bytes = 0
         self._group: list[Any] = []
@@ -135,10 +138,29 @@ class TreeWorker:
             self.skipped = True
             conn.execute("DELETE FROM seen")
             return
+        self._fresh_from = self._freshness_limit()
         self._diff()
         if self.checksum:
             self._compare_checksums(source)
         self._count()
+
+    def _freshness_limit(self) -> int | None:
+        """Directory mtimes at or after this are too fresh to be trusted next pass.
+
+        File times move in clock ticks (whole seconds on ext3 and other old
+        file systems, a few milliseconds on Linux), so a message delivered in
+        the same tick right after our listing leaves the directory's mtime as
+        we recorded it. No mtime we saw is later than our listing, so the
+        directories in the last second before the newest mtime of this listing
+        are the only ones at risk: they are recorded stale and listed again
+        next pass. The check only applies when that newest mtime is within a
+        few minutes of our clock (a busy source), so a quiet source costs
+        nothing.
+        """
+        newest = self.conn.execute("SELECT max(mtime_ns) FROM seen").fetchone()[0]
+        if newest is None or newest < time.time_ns() - FRESH_CLOCK_WINDOW_NS:
+            return None
+        return (newest // 1_000_000_000 - 1) * 1_000_000_000
 
     def _rows(self, entries: Iterable[Entry | bytes]) -> Iterable[tuple[Any, ...]]:
         tree, report = self.tree, self.report
@@ -305,9 +327,12 @@ class TreeWorker:
     def _local_sha256(self, path: bytes) -> str | None:
         if self.replica is None:
             return None
+        fd = self.replica.open_file(self.tree.name, path)
+        if fd is None:
+            return None
         digest = hashlib.sha256()
         try:
-            with open(self.replica.path(self.tree.name, path), "rb") as f:
+            with open(fd, "rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
         except OSError:
@@ -635,7 +660,9 @@ class TreeWorker:
         rows.sort(key=lambda r: r[0], reverse=True)  # children before parents
         for path, _parent, _size, mtime_ns, mode, _inode in rows:
             self.replica.set_dir_attrs(name, path, mode, mtime_ns)
-        records = [(name, p, d, "d", CLS_DIR, s, m, mode, ino, None, 0)
+        fresh = self._fresh_from
+        records = [(name, p, d, "d", CLS_DIR, s, m, mode, ino, None,
+                    1 if fresh is not None and m >= fresh else 0)
                    for p, d, s, m, mode, ino in rows if p in changed]
         for i in range(0, len(records), CHUNK):
             with st.write(conn):
@@ -678,8 +705,8 @@ class TreeWorker:
             if kind == "d" and below:
                 continue  # a parent spoolmig made for an included file
             report.differ(f"{show_path(name, path)}: in the replica but not on the source")
-        for (path,) in conn.execute("SELECT path FROM main.files WHERE tree = ? AND stale = 1 ORDER BY path",
-                                    (name,)):
+        for (path,) in conn.execute("SELECT path FROM main.files WHERE tree = ? AND stale = 1 AND kind <> 'd'"
+                                    " ORDER BY path", (name,)):
             report.differ(f"{show_path(name, path)}: changed during the pass")
         files, size = conn.execute(
             "SELECT count(*), coalesce(sum(CASE WHEN kind = 'f' THEN size ELSE 0 END), 0) FROM seen"
