@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 CHUNK = 5000
 #: Paths a dry run names per tree and action.
 SAMPLE = 20
-#: Directory mtimes are checked for freshness when the source's newest mtime is this close to our clock.
-FRESH_CLOCK_WINDOW_NS = 300 * 1_000_000_000
+#: Directory mtimes are checked for freshness when the source's newest mtime is this close to our
+#: clock: the tolerated clock skew between the two machines (a source whose clock is behind by more
+#: loses the protection; --final, which lists everything, does not depend on it).
+FRESH_CLOCK_WINDOW_NS = 30 * 1_000_000_000
 #: Writer threads per tree (0: write in the fetching thread).
 WRITERS = 2
 #: Files up to this size are buffered and handed to the writers.
@@ -153,9 +155,9 @@ class TreeWorker:
         we recorded it. No mtime we saw is later than our listing, so the
         directories in the last second before the newest mtime of this listing
         are the only ones at risk: they are recorded stale and listed again
-        next pass. The check only applies when that newest mtime is within a
-        few minutes of our clock (a busy source), so a quiet source costs
-        nothing.
+        next pass. The check only applies when that newest mtime is within
+        :data:`FRESH_CLOCK_WINDOW_NS` of our clock (a busy source), so a quiet
+        source costs nothing.
         """
         newest = self.conn.execute("SELECT max(mtime_ns) FROM seen").fetchone()[0]
         if newest is None or newest < time.time_ns() - FRESH_CLOCK_WINDOW_NS:
