@@ -96,7 +96,7 @@ def run_mirror(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(report.to_dict())
     else:
-        _print_report(report, quiet=args.quiet > 0 and code == 0)
+        _print_report(report, quiet=args.quiet > 0)
     return code
 
 
@@ -112,7 +112,10 @@ def _print_report(report: Any, *, quiet: bool) -> None:
     f = report.figures
     for line in report.warnings:
         print(f"spoolmig: warning: {line}", file=sys.stderr)
-    if quiet:
+    if quiet:  # cron: silent on success, warnings (stderr) and differences only
+        if report.mode == "final" and not report.dry_run and not report.statement:
+            for line in report.differences:
+                print(f"spoolmig: difference: {line}", file=sys.stderr)
         return
     out = sys.stdout
     verb = "would fetch" if report.dry_run else "fetched"
