@@ -129,10 +129,12 @@ def _parallel(pool: _SourcePool, jobs: int, work: list[T], fn: Callable[[T, Sour
             raise error
 
 
-def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[str, int]]:
-    """--final's precondition: no Cyrus process, and two listings ``wait`` s apart agree.
+def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[int, int]]:
+    """--final's precondition, first half: no Cyrus process, then a first cheap listing.
 
-    Returns the listing's digests (compared again at the end of the pass).
+    The second listing, ``wait`` seconds later, is the pass's own walk
+    (compared in :func:`_phases` before anything is applied), and a third one
+    ends the pass.
     """
     procs = source.cyrus_processes()
     if procs:
@@ -141,14 +143,13 @@ def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[st
                              hint="stop Cyrus on the source (the maintenance window), then run --final again")
     first = [source_digest(source, t) for t in trees]
     time.sleep(wait)
-    second = [source_digest(source, t) for t in trees]
-    for tree, a, b in zip(trees, first, second):
-        if a != b:
-            raise SourceNotQuiet(
-                f"{source.describe()}: {tree.root} changed between two listings {wait:g} s apart "
-                f"({a[1]} then {b[1]} entries)",
-                hint="something still writes to the spool; stop it (or wait longer: --quiet-wait)")
-    return second
+    return first
+
+
+def _not_quiet(source: str, tree: Tree, wait: float, before: tuple[int, int], after: tuple[int, int]) -> SourceNotQuiet:
+    return SourceNotQuiet(
+        f"{source}: {tree.root} changed between two listings {wait:g} s apart ({before[1]} then {after[1]} entries)",
+        hint="something still writes to the spool; stop it (or wait longer: --quiet-wait)")
 
 
 def run_pass(cfg: Config, open_source: Callable[[], Source], options: Options = Options(),
@@ -211,7 +212,7 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
             report.pass_id = pass_id
             recover_interrupted(conn, replica, trees)
         if state_file is None:  # dry run: the scratch copy of the state, nothing applied
-            _dry_run_scan(trees, conn, report, options, cfg, pool)
+            _dry_run_scan(trees, conn, report, options, cfg, pool, digests)
         else:
             assert replica is not None
             workers = [TreeWorker(t, conn if i == 0 else st.open_worker(state_file), replica, report,
@@ -242,26 +243,32 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
 
 
 def _dry_run_scan(trees: list[Tree], conn, report: PassReport, options: Options, cfg: Config,  # noqa: ANN001
-                  pool: _SourcePool) -> None:
+                  pool: _SourcePool, digests: list[tuple[int, int]] | None) -> None:
     """A dry run scans every tree on the scratch copy, one after the other."""
     t0 = time.monotonic()
-    for tree in trees:
+    for i, tree in enumerate(trees):
         worker = TreeWorker(tree, conn, None, report, full=options.full, final=options.final,
                             checksum=False, delete=cfg.mirror.delete,
                             batch_files=options.batch_files, batch_bytes=options.batch_bytes)
         with pool.take() as source:
             worker.scan(source)
+        if digests is not None and worker.digest is not None and worker.digest.value() != digests[i]:
+            raise _not_quiet(report.source, tree, options.quiet_wait, digests[i], worker.digest.value())
     report.add(list_seconds=time.monotonic() - t0)
 
 
 def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, progress: Progress,
-            report: PassReport, digests: list[tuple[str, int]] | None) -> None:
+            report: PassReport, digests: list[tuple[int, int]] | None) -> None:
     t0 = time.monotonic()
     progress.start("listing", None, "entries")
     _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s, progress))
     progress.finish()
     t1 = time.monotonic()
     report.add(list_seconds=t1 - t0)
+    if digests is not None:
+        for w, before in zip(workers, digests):
+            if w.digest is not None and w.digest.value() != before:
+                raise _not_quiet(report.source, w.tree, options.quiet_wait, before, w.digest.value())
     total = sum(w.planned_bytes() for w in workers)
     progress.start("copying", total, "B")
     _parallel(pool, options.jobs, workers, lambda w, s: w.apply(s, progress))
@@ -274,7 +281,8 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
             files, size = files + n, size + b
         with pool.take() as source:
             after = [source_digest(source, w.tree) for w in workers]
-        if digests is not None and after != digests:
+        during = [w.digest.value() if w.digest is not None else None for w in workers]
+        if after != during:
             report.differ("the source changed during the final pass (its listing before and after differ)")
         if report.differences_total == 0:
             report.statement = f"replica equals source: {files} files, {size} bytes"

@@ -52,7 +52,8 @@ ALWAYS_EXCLUDE: tuple[str, ...] = ("*.NEW",)
 #: Entry classes stored in the state: message-like files, metadata files, directories.
 CLS_PLAIN, CLS_META, CLS_DIR = 0, 1, 2
 
-_META_RE = re.compile(rb"cyrus\.[^/]*\Z", re.DOTALL)
+#: META_GLOBS as one regex on a base name.
+META_RE = re.compile(rb"cyrus\.[^/]*\Z", re.DOTALL)
 _TEMP = TEMP_MARK.encode()
 
 
@@ -117,7 +118,7 @@ class Tree:
     def classify(self, path: bytes, kind: str) -> int:
         if kind == "d":
             return CLS_DIR
-        if self.all_meta or _META_RE.match(path.rpartition(b"/")[2]):
+        if self.all_meta or META_RE.match(path.rpartition(b"/")[2]):
             return CLS_META
         return CLS_PLAIN
 

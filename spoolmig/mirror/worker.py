@@ -34,7 +34,7 @@ from typing import Any
 from spoolmig.mirror import state as st
 from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport, show_path
-from spoolmig.mirror.trees import CLS_DIR, CLS_META, META_GLOBS, Tree, check_relpath, split
+from spoolmig.mirror.trees import CLS_DIR, CLS_META, META_GLOBS, META_RE, Tree, check_relpath, split
 from spoolmig.progress import Progress
 from spoolmig.transport.base import Entry, Fetched, Source
 
@@ -111,6 +111,8 @@ class TreeWorker:
         self._writers: ThreadPoolExecutor | None = None
         self._progress: Progress | None = None
         self._fresh_from: int | None = None
+        #: --final: the cheap-listing digest of this pass's walk.
+        self.digest: ListingDigest | None = None
         self._inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
         self._inflight_bytes = 0
         self._group: list[Any] = []
@@ -129,7 +131,11 @@ class TreeWorker:
         if (self.full or self.final) and self.replica is not None:
             self._reconcile_with_disk()
         if self.full_cover:
-            self._load(source.walk(tree.root, prune=tree.prune))
+            entries: Iterable[Entry] = source.walk(tree.root, prune=tree.prune)
+            if self.final:  # the quiet check's second listing comes from this walk
+                self.digest = ListingDigest(tree)
+                entries = self._digesting(entries, self.digest)
+            self._load(entries)
         else:
             self._load(source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune))
             self._relist(source)
@@ -145,6 +151,13 @@ class TreeWorker:
         if self.checksum:
             self._compare_checksums(source)
         self._count()
+
+    @staticmethod
+    def _digesting(entries: Iterable[Entry], digest: ListingDigest) -> Iterator[Entry]:
+        for e in entries:
+            if digest.wants(e):
+                digest.add(e)
+            yield e
 
     def _freshness_limit(self) -> int | None:
         """Directory mtimes at or after this are too fresh to be trusted next pass.
@@ -717,15 +730,36 @@ class TreeWorker:
         return int(files), int(size)
 
 
-def source_digest(source: Source, tree: Tree) -> tuple[str, int]:
+class ListingDigest:
+    """What a cheap listing of a tree shows, as one order-independent value (--final's quiet check).
+
+    The sum of per-entry hashes does not depend on the order entries come in,
+    so the same value can be computed from a cheap listing (directories and
+    ``cyrus.*`` files) and from a full walk filtered the same way.
+    """
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree, self.total, self.count = tree, 0, 0
+
+    def wants(self, e: Entry) -> bool:
+        """Would the cheap listing of this tree show ``e``?"""
+        return not self.tree.cheap or e.kind == "d" or META_RE.match(e.path.rpartition(b"/")[2]) is not None
+
+    def add(self, e: Entry) -> None:
+        h = hashlib.sha256(b"%s\0%s\0%d\0%d\0%d\0%s" % (e.path, e.kind.encode(), e.size, e.mtime_ns, e.inode,
+                                                        e.link or b"")).digest()
+        self.total = (self.total + int.from_bytes(h, "big")) % (1 << 256)
+        self.count += 1
+
+    def value(self) -> tuple[int, int]:
+        return self.total, self.count
+
+
+def source_digest(source: Source, tree: Tree) -> tuple[int, int]:
     """A cheap listing of a tree as one digest (for --final's quiet check)."""
-    digest = hashlib.sha256()
-    n = 0
+    digest = ListingDigest(tree)
     entries = (source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune) if tree.cheap
                else source.walk(tree.root, prune=tree.prune))
     for e in entries:
-        digest.update(b"%s\0%s\0%d\0%d\0%d\0%s\n" % (e.path, e.kind.encode(), e.size, e.mtime_ns, e.inode,
-                                                   e.link or b""))
-        n += 1
-    return digest.hexdigest(), n
-
+        digest.add(e)
+    return digest.value()
