@@ -84,6 +84,9 @@ def main() -> None:
         print(config.read_text())
         cfg = ("--config", str(config))
 
+        say("Check the source before copying anything: version, layout, blockers")
+        run("check", *cfg)
+
         say("First pass, while the old server stays in service")
         run("mirror", *cfg)
 
