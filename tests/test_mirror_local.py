@@ -313,3 +313,35 @@ def test_old_directories_are_trusted(setup) -> None:  # noqa: ANN001
     rec = Recording(LocalSource(cfg.source.url.path))
     run_pass(cfg, lambda: rec)
     assert rec.listed == []
+
+
+def test_hard_links_of_the_source_are_linked_not_fetched(setup) -> None:  # noqa: ANN001
+    """Cyrus's singleinstancestore hard-links one delivery into several mailboxes."""
+    server, cfg = setup
+    boxes = [m for m in server.mailboxes.values() if server.partition_of[m.name] == "default"][:3]
+    first = server._append(boxes[0])
+    for mbox in boxes[1:]:
+        mbox.last_uid += 1
+        mbox.uids.append(mbox.last_uid)
+        os.link(first, server.mailbox_dir(mbox) / f"{mbox.last_uid}.")
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert report.figures["files_linked"] == 2
+    fetched = {p for _, p in rec.fetched}
+    base = server.path(server.partitions["default"])
+    linked = [os.fsencode((server.mailbox_dir(m) / f"{m.last_uid}.").relative_to(base)) for m in boxes[1:]]
+    assert not fetched & set(linked)
+    replica = Path(cfg.mirror.path) / "partition-default"
+    inodes = {(replica / os.fsdecode(p)).stat().st_ino for p in linked}
+    inodes.add((replica / first.relative_to(base)).stat().st_ino)
+    assert len(inodes) == 1
+    assert_mirrors(server.root, cfg)
+    # a later delivery linked to an already mirrored message: linked again
+    target = boxes[0]
+    target.last_uid += 1
+    target.uids.append(target.last_uid)
+    os.link(first, server.mailbox_dir(target) / f"{target.last_uid}.")
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.figures["files_linked"] == 1
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))

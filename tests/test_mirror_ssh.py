@@ -66,9 +66,15 @@ def setup(tmp_path: Path, sshd: Sshd):  # noqa: ANN201, F811
 @pytest.mark.usefixtures("no_freshness")
 def test_mirror_over_ssh_file_for_file_and_incremental(setup) -> None:  # noqa: ANN001
     server, cfg, _ = setup
+    boxes = [m for m in server.mailboxes.values() if server.partition_of[m.name] == "default"][:2]
+    shared = server._append(boxes[0])  # singleinstancestore: one delivery, two mailboxes
+    boxes[1].last_uid += 1
+    boxes[1].uids.append(boxes[1].last_uid)
+    os.link(shared, server.mailbox_dir(boxes[1]) / f"{boxes[1].last_uid}.")
     report = run_pass(cfg, lambda: open_source(cfg.source))
     assert report.exit_code() == 0, report.warnings
     assert report.source.startswith("ssh://")
+    assert report.figures["files_linked"] == 1
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
     # no change: nothing listed beyond the cheap walk, nothing fetched

@@ -131,6 +131,9 @@ def _print_report(report: Any, *, quiet: bool) -> None:
     print(f"  {deleted}: {int(f['files_deleted'])} ({_size(f['bytes_deleted'])})"
           + (f"; {int(f['files_kept'])} gone from the source kept (mirror.delete = false)" if f["files_kept"] else ""),
           file=out)
+    if f["files_linked"]:
+        print(f"  {int(f['files_linked'])} files are hard links on the source: linked in the replica, not fetched",
+              file=out)
     if f["files_vanished"]:
         print(f"  {int(f['files_vanished'])} files vanished from the source before they were copied", file=out)
     if f["checksum_mismatches"]:

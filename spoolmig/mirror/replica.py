@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import grp
 import os
 import pwd
@@ -212,6 +213,40 @@ class Replica:
         except OSError as error:
             raise self._error(full, error) from None
         return len(data)
+
+    def link_file(self, tree: str, existing: bytes, rel: bytes, size: int) -> bool:
+        """Make ``rel`` another hard link to the replica file ``existing``; False if that is not possible.
+
+        ``existing`` must be a regular file of ``size`` bytes reached through
+        real directories (never a symlink); the new name lands by rename.
+        """
+        if not self._parent_is_real(tree, existing):
+            return False
+        src = self.path(tree, existing)
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        parent, _, _ = rel.rpartition(b"/")
+        directory = self.ensure_dir(tree, parent)
+        full = self.path(tree, rel)
+        tmp = directory + b"/" + _TEMP + os.urandom(6).hex().encode()
+        try:
+            self._clear_dir_in_the_way(full)
+            os.link(src, tmp, follow_symlinks=False)
+            try:
+                os.replace(tmp, full)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as error:
+            if error.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+                return False  # cannot link here: fetch it instead
+            raise self._error(full, error) from None
+        return True
 
     def write_link(self, tree: str, rel: bytes, target: bytes, mtime_ns: int) -> None:
         """Recreate a source symbolic link (target stored as is, never followed)."""

@@ -45,7 +45,7 @@ PASS_FIGURES = (
     "files_new", "bytes_new", "files_changed", "bytes_changed", "files_deleted", "bytes_deleted",
     "files_recopied", "bytes_recopied", "files_kept", "entries_listed", "dirs_total", "dirs_relisted",
     "files_vanished", "files_changed_during", "checksum_mismatches", "errors", "skipped",
-    "bytes_fetched", "replica_files", "replica_bytes",
+    "bytes_fetched", "replica_files", "replica_bytes", "files_linked",
 )
 #: Float figures (seconds).
 PASS_TIMES = ("list_seconds", "fetch_seconds", "verify_seconds")
@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files(
 CREATE INDEX IF NOT EXISTS files_dir ON files(tree, dir);
 CREATE INDEX IF NOT EXISTS files_cls ON files(tree, cls);
 CREATE INDEX IF NOT EXISTS files_stale ON files(tree, path) WHERE stale = 1;
+CREATE INDEX IF NOT EXISTS files_inode ON files(tree, inode) WHERE kind = 'f';
 CREATE TABLE IF NOT EXISTS passes(
     id INTEGER PRIMARY KEY, started REAL NOT NULL, ended REAL, mode TEXT NOT NULL,
     outcome TEXT NOT NULL, source TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
@@ -94,6 +95,11 @@ def open_state(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.executescript(_SCHEMA)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(passes)")}
+        for name in PASS_FIGURES + PASS_TIMES:  # figures added since the state was created
+            if name not in have:
+                kind = "REAL" if name in PASS_TIMES else "INTEGER"
+                conn.execute(f"ALTER TABLE passes ADD COLUMN {name} {kind} NOT NULL DEFAULT 0")
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))

@@ -34,7 +34,7 @@ from typing import Any
 from spoolmig.mirror import state as st
 from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport, show_path
-from spoolmig.mirror.trees import CLS_DIR, CLS_META, META_GLOBS, META_RE, Tree, check_relpath, split
+from spoolmig.mirror.trees import CLS_DIR, CLS_META, CLS_PLAIN, META_GLOBS, META_RE, Tree, check_relpath, split
 from spoolmig.progress import Progress
 from spoolmig.transport.base import Entry, Fetched, Source
 
@@ -71,7 +71,9 @@ CREATE TEMP TABLE seen(path BLOB PRIMARY KEY, dir BLOB, kind TEXT, cls INTEGER, 
 CREATE TEMP TABLE relist(path BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE gone(path BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE todo(id INTEGER PRIMARY KEY, path BLOB UNIQUE, dir BLOB, kind TEXT, cls INTEGER,
-    size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB, action INTEGER);
+    size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB, action INTEGER,
+    later INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX temp.todo_inode ON todo(inode);
 CREATE TEMP TABLE dels(path BLOB PRIMARY KEY, kind TEXT, size INTEGER) WITHOUT ROWID;
 CREATE TEMP TABLE disk(path BLOB PRIMARY KEY, kind TEXT, size INTEGER, mtime_ns INTEGER,
     mode INTEGER, link BLOB) WITHOUT ROWID;
@@ -387,7 +389,10 @@ class TreeWorker:
             return
         self._delete()
         self._make_dirs()
-        self._fetch(source, progress)
+        self._plan_hard_links()
+        self._fetch(source, progress, later=0)
+        self._hard_links()
+        self._fetch(source, progress, later=2)
         if self.final:
             self._recheck_metadata(source)
         self._finish_dirs()
@@ -449,7 +454,55 @@ class TreeWorker:
         self.conn.executemany("UPDATE main.files SET stale = 1 WHERE tree = ? AND path = ? AND stale = 0",
                               [(self.tree.name, d) for d in dirs if d is not None])
 
-    def _fetch(self, source: Source, progress: Progress) -> None:
+    def _plan_hard_links(self) -> None:
+        """Message files the source hard-links (Cyrus's singleinstancestore) are linked, not fetched again.
+
+        A file is put off (``later = 1``) when another path with the same
+        source inode, size and mtime is already recorded, or comes earlier in
+        this pass; once the earlier one is in place it is linked locally.
+        """
+        self.conn.execute("BEGIN")
+        self.conn.execute(
+            f"""UPDATE todo SET later = 1 WHERE kind = 'f' AND inode <> 0 AND cls = {CLS_PLAIN} AND (
+                EXISTS (SELECT 1 FROM todo t WHERE t.inode = todo.inode AND t.kind = 'f' AND t.size = todo.size
+                        AND t.mtime_ns = todo.mtime_ns AND t.path < todo.path)
+                OR EXISTS (SELECT 1 FROM main.files f WHERE f.tree = ? AND f.inode = todo.inode AND f.kind = 'f'
+                        AND f.stale = 0 AND f.size = todo.size AND f.mtime_ns = todo.mtime_ns
+                        AND f.path <> todo.path))""", (self.tree.name,))
+        self.conn.execute("COMMIT")
+
+    def _hard_links(self) -> None:
+        """Link the put-off files to a recorded path of the same source inode; the rest is fetched."""
+        assert self.replica is not None
+        conn, name, replica = self.conn, self.tree.name, self.replica
+        last = 0
+        while True:
+            rows = conn.execute(
+                "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode FROM todo WHERE later = 1 AND id > ?"
+                " ORDER BY id LIMIT ?", (last, self.batch_files)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            with st.write(conn):
+                self._mark_dirs({r[2] for r in rows})
+            done, fetch = [], []
+            for _id, path, parent, _kind, cls, size, mtime_ns, mode, inode in rows:
+                primary = conn.execute(
+                    "SELECT path FROM main.files WHERE tree = ? AND inode = ? AND kind = 'f' AND stale = 0"
+                    " AND size = ? AND mtime_ns = ? AND path <> ? LIMIT 1",
+                    (name, inode, size, mtime_ns, path)).fetchone()
+                if primary is not None and replica.link_file(name, primary[0], path, size):
+                    done.append((name, path, parent, "f", cls, size, mtime_ns, mode, inode, None, 0))
+                else:
+                    fetch.append((_id,))
+            self.report.add(files_linked=len(done))
+            self._commit(done, [], 0)
+            if fetch:
+                conn.execute("BEGIN")
+                conn.executemany("UPDATE todo SET later = 2 WHERE id = ?", fetch)
+                conn.execute("COMMIT")
+
+    def _fetch(self, source: Source, progress: Progress, *, later: int = 0) -> None:
         """Fetch every file of ``todo`` in one streamed call; durable every batch.
 
         The entries are handed to the source lazily, a chunk at a time, so the
@@ -472,7 +525,8 @@ class TreeWorker:
             while True:
                 rows = conn.execute(
                     "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link, action FROM todo"
-                    " WHERE id > ? AND kind = 'f' ORDER BY id LIMIT ?", (last, self.batch_files)).fetchall()
+                    " WHERE id > ? AND kind = 'f' AND later = ? ORDER BY id LIMIT ?",
+                    (last, later, self.batch_files)).fetchall()
                 if not rows:
                     return
                 last = rows[-1][0]
@@ -495,7 +549,8 @@ class TreeWorker:
             self._futures.clear()
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
-        self._links()
+        if later == 0:
+            self._links()
 
     def _fetch_stream(self, source: Source, progress: Progress, wanted: Iterator[Entry],
                       expected: dict[bytes, tuple[Any, ...]]) -> None:
