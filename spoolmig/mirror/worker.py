@@ -461,15 +461,22 @@ class TreeWorker:
         source inode, size and mtime is already recorded, or comes earlier in
         this pass; once the earlier one is in place it is linked locally.
         """
-        self.conn.execute("BEGIN")
-        self.conn.execute(
-            f"""UPDATE todo SET later = 1 WHERE kind = 'f' AND inode <> 0 AND cls = {CLS_PLAIN} AND (
-                EXISTS (SELECT 1 FROM todo t WHERE t.inode = todo.inode AND t.kind = 'f' AND t.size = todo.size
-                        AND t.mtime_ns = todo.mtime_ns AND t.path < todo.path)
-                OR EXISTS (SELECT 1 FROM main.files f WHERE f.tree = ? AND f.inode = todo.inode AND f.kind = 'f'
-                        AND f.stale = 0 AND f.size = todo.size AND f.mtime_ns = todo.mtime_ns
-                        AND f.path <> todo.path))""", (self.tree.name,))
-        self.conn.execute("COMMIT")
+        conn = self.conn
+        conn.execute("BEGIN")
+        conn.execute("DROP TABLE IF EXISTS temp.dup")
+        conn.execute(
+            f"CREATE TEMP TABLE dup AS SELECT inode, size, mtime_ns, min(path) AS first FROM todo"
+            f" WHERE kind = 'f' AND inode <> 0 AND cls = {CLS_PLAIN} GROUP BY inode, size, mtime_ns"
+            f" HAVING count(*) > 1")
+        conn.execute(
+            "UPDATE todo SET later = 1 WHERE id IN (SELECT t.id FROM dup d JOIN todo t ON t.inode = d.inode"
+            " AND t.size = d.size AND t.mtime_ns = d.mtime_ns AND t.path <> d.first)")
+        conn.execute(
+            f"UPDATE todo SET later = 1 WHERE id IN (SELECT t.id FROM todo t JOIN main.files f"
+            f" ON f.tree = ? AND f.inode = t.inode AND f.kind = 'f' AND f.stale = 0 AND f.size = t.size"
+            f" AND f.mtime_ns = t.mtime_ns AND f.path <> t.path"
+            f" WHERE t.kind = 'f' AND t.inode <> 0 AND t.cls = {CLS_PLAIN})", (self.tree.name,))
+        conn.execute("COMMIT")
 
     def _hard_links(self) -> None:
         """Link the put-off files to a recorded path of the same source inode; the rest is fetched."""
