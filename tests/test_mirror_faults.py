@@ -292,10 +292,20 @@ def test_full_disk_is_a_mirror_error_and_recoverable(tmp_path: Path, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)
 
+    real_publish = replica.publish_bytes
+
+    def full_publish(*a: Any, **k: Any) -> None:  # small files are written by publish_bytes
+        calls[0] += 1
+        if calls[0] == 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_publish(*a, **k)
+
     monkeypatch.setattr(replica, "atomic_writer", full)
+    monkeypatch.setattr(replica, "publish_bytes", full_publish)
     with pytest.raises(MirrorError, match="No space left on device"):
         run_pass(cfg, local_factory(cfg))
     monkeypatch.setattr(replica, "atomic_writer", real)
+    monkeypatch.setattr(replica, "publish_bytes", real_publish)
     run_pass(cfg, local_factory(cfg))
     assert_mirrors(server.root, cfg)
     assert temporaries(Path(cfg.mirror.path)) == []

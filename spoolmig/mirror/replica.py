@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterator
 
 from spoolmig.errors import ConfigError, MirrorError
-from spoolmig.fileio import TEMP_MARK, atomic_writer
+from spoolmig.fileio import TEMP_MARK, atomic_writer, publish_bytes
 from spoolmig.transport.base import Fetched
 
 _TEMP = TEMP_MARK.encode()
@@ -196,15 +196,15 @@ class Replica:
                     replacing: bool = True) -> int:
         """Put a small file in place from memory (its parent must exist); return its size.
 
-        Runs in writer threads: only system calls and the thread-safe parts of
-        this object are used.
+        The hot path of a first copy: :func:`spoolmig.fileio.publish_bytes`
+        (raw system calls, no file object). May run in writer threads: only
+        system calls and the thread-safe parts of this object are used.
         """
         full = self.path(tree, rel)
         try:
             if replacing:
                 self._clear_dir_in_the_way(full)
-            with atomic_writer(os.fsdecode(full), mode=mode, fsync=False, mtime_ns=mtime_ns) as f:
-                f.write(data)
+            publish_bytes(full, data, mode, mtime_ns)
             if self.owner:
                 os.lchown(full, *self.owner)
         except IsADirectoryError:

@@ -643,15 +643,20 @@ class TreeWorker:
             return (name, path, parent, "f", cls, written, mtime, mode, sent.inode or inode, None,
                     1 if changed else 0)
 
-        if sent.size > BUFFER_MAX or self._writers is None:
+        if sent.size > BUFFER_MAX:
             written = replica.write_file(name, path, item, mode, mtime, replacing=action != NEW)
             result = record(written)
             return lambda: result
-        chunks = []
-        while chunk := item.read(1 << 20):
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = item.read(BUFFER_MAX + 1)
+        if len(data) > BUFFER_MAX or (data and len(data) < sent.size):
+            chunks = [data]
+            while chunk := item.read(1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
         replica.ensure_dir(name, parent or b"")
+        if self._writers is None:
+            result = record(replica.write_bytes(name, path, data, mode, mtime, replacing=action != NEW))
+            return lambda: result
         group = self._group
         index = len(group)
         group.append((name, path, data, mode, mtime, action != NEW))
