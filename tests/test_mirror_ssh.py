@@ -167,3 +167,21 @@ def test_cli_over_ssh(setup, capsys) -> None:  # noqa: ANN001
     assert main(["mirror", "--config", cfg.file, "--dry-run"]) == 0
     assert "would fetch: 0 new" in capsys.readouterr().out
     assert_mirrors(ROOT, cfg)
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_passes_need_few_remote_commands(setup) -> None:  # noqa: ANN001
+    """Every remote command pays a login shell's start-up: a no-change pass is the probe and one listing."""
+    server, cfg, _ = setup
+    run_pass(cfg, lambda: open_source(cfg.source))
+    opened: list[Any] = []
+
+    def counted() -> Any:
+        source = open_source(cfg.source)
+        opened.append(source)
+        return source
+
+    report = run_pass(cfg, counted)
+    assert report.exit_code() == 0, report.warnings
+    assert report.figures["files_new"] == 0
+    assert sum(s.commands for s in opened) <= 2

@@ -27,7 +27,7 @@ from spoolmig.mirror.lock import MirrorLock
 from spoolmig.mirror.replica import Replica, parse_owner
 from spoolmig.mirror.report import PassReport
 from spoolmig.mirror.trees import Tree, trees_from_config
-from spoolmig.mirror.worker import TreeWorker, source_digest
+from spoolmig.mirror.worker import TreeWorker, digest_spec, prepare_walks, source_digest
 from spoolmig.progress import NullProgress, Progress
 from spoolmig.transport.base import Source
 
@@ -136,6 +136,7 @@ def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[in
     (compared in :func:`_phases` before anything is applied), and a third one
     ends the pass.
     """
+    prepare_walks(source, [digest_spec(t) for t in trees])  # they run while ps does
     procs = source.cyrus_processes()
     if procs:
         shown = "; ".join(p[:80] for p in procs[:3]) + (" ..." if len(procs) > 3 else "")
@@ -261,6 +262,8 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
             report: PassReport, digests: list[tuple[int, int]] | None) -> None:
     t0 = time.monotonic()
     progress.start("listing", None, "entries")
+    if options.jobs <= 1:
+        prepare_walks(pool.opened[0], [w.walk_spec() for w in workers])
     _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s, progress))
     progress.finish()
     t1 = time.monotonic()
@@ -280,6 +283,7 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
             n, b = w.verify()
             files, size = files + n, size + b
         with pool.take() as source:
+            prepare_walks(source, [digest_spec(w.tree) for w in workers])
             after = [source_digest(source, w.tree) for w in workers]
         during = [w.digest.value() if w.digest is not None else None for w in workers]
         if after != during:

@@ -124,11 +124,20 @@ class TreeWorker:
 
     # ------------------------------------------------------------------ scan
 
+    def _prior(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM main.files WHERE tree = ?", (self.tree.name,)).fetchone()[0])
+
+    def walk_spec(self) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
+        """``(root, only_dirs_and, prune)`` of the walk :meth:`scan` starts with (a source may start it ahead)."""
+        tree = self.tree
+        full_cover = self.full or self.final or not tree.cheap or self._prior() == 0
+        return tree.root, () if full_cover else tuple(META_GLOBS), tuple(tree.prune)
+
     def scan(self, source: Source, progress: Progress | None = None) -> None:
         """List the source, compare with the state, fill ``todo`` and ``dels``."""
         tree, conn = self.tree, self.conn
         self._progress = progress
-        prior = conn.execute("SELECT count(*) FROM main.files WHERE tree = ?", (tree.name,)).fetchone()[0]
+        prior = self._prior()
         self.full_cover = self.full or self.final or not tree.cheap or prior == 0
         if (self.full or self.final) and self.replica is not None:
             self._reconcile_with_disk()
@@ -820,6 +829,18 @@ class ListingDigest:
 
     def value(self) -> tuple[int, int]:
         return self.total, self.count
+
+
+def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
+    """``(root, only_dirs_and, prune)`` of the walk :func:`source_digest` makes."""
+    return tree.root, tuple(META_GLOBS) if tree.cheap else (), tuple(tree.prune)
+
+
+def prepare_walks(source: Source, walks: list[tuple[str, tuple[bytes, ...], tuple[bytes, ...]]]) -> None:
+    """Let a source start these walks together (an SSH source overlaps their start-up costs)."""
+    prepare = getattr(source, "prepare_walks", None)
+    if prepare is not None:
+        prepare(walks)
 
 
 def source_digest(source: Source, tree: Tree) -> tuple[int, int]:

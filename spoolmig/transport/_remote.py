@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from spoolmig.transport.base import Entry, Kind
 
@@ -65,6 +66,28 @@ def _glob_escape(path: bytes) -> str:
 
 
 def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:
+    """One streamed ``find`` for a whole tree (see :func:`walk_script`)."""
+    return wrap(walk_script(root, only_dirs_and, prune))
+
+
+#: Type field of the record that ends one tree's section in :func:`walks_command`'s output.
+SECTION_END = b"="
+
+
+def walks_command(walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]]) -> str:
+    """Several walks in one remote command (one shell start-up instead of one per tree).
+
+    Each walk runs in a subshell; after it a record of seven fields,
+    ``=``, its exit status, its index, and four empty ones, ends its section
+    (``parse_records(..., sections=True)`` yields it as ``(index, status)``).
+    """
+    parts = []
+    for i, (root, pats, prune) in enumerate(walks):
+        parts.append(f"( {walk_script(root, pats, prune)} ); printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; ")
+    return wrap("".join(parts) + "exit 0")
+
+
+def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:
     """One streamed ``find`` for a whole tree; the cheap form stats only dirs and matches.
 
     GNU find takes the file type for ``-type d`` from ``d_type`` and needs no
@@ -77,7 +100,7 @@ def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[byte
             "-path " + shlex.quote("./" + _glob_escape(p)) for p in pruned if p
         )
         if b"" in pruned:
-            return wrap("exit 0")
+            return "exit 0"
         if alts:
             expr.append(f"\\( {alts} \\) -prune -o")
     fmt = shlex.quote(FIND_FORMAT)
@@ -87,7 +110,7 @@ def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[byte
         expr.append(f"-type d -printf {fmt} -o \\( {names} \\) -printf {fmt}")
     else:
         expr.append(f"-printf {fmt}")
-    return wrap(enter(root) + "exec find . " + " ".join(expr))
+    return enter(root) + "exec find . " + " ".join(expr)
 
 
 def _xargs(inner: str) -> str:
@@ -170,8 +193,11 @@ def parse_time_ns(text: bytes) -> int:
     return -ns if neg else ns
 
 
-def parse_records(chunks: Iterable[bytes]) -> Iterator[Entry]:
-    """Turn the byte stream of :data:`FIND_FORMAT` records into Entries as they arrive."""
+def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[Any]:
+    """Turn the byte stream of :data:`FIND_FORMAT` records into Entries as they arrive.
+
+    With ``sections``, a :data:`SECTION_END` record yields ``(index, status)``.
+    """
     rest = b""
     fields: list[bytes] = []
     for chunk in chunks:
@@ -180,6 +206,9 @@ def parse_records(chunks: Iterable[bytes]) -> Iterator[Entry]:
         fields.extend(parts)
         n = len(fields) - len(fields) % FIELDS
         for i in range(0, n, FIELDS):
+            if sections and fields[i] == SECTION_END:
+                yield int(fields[i + 2]), int(fields[i + 1])
+                continue
             yield record_entry(fields[i:i + FIELDS])
         del fields[:n]
     if rest or fields:

@@ -97,6 +97,8 @@ class _Conn:
     shell: bool = False  # GNU find -printf and xargs -0 work
     tar: bool = False
     sha256sum: bool = False
+    #: The capability probe's channel until its answer has been read (it runs alongside the first commands).
+    probe: paramiko.Channel | None = None
     _sftp: paramiko.SFTPClient | None = None
 
     def sftp(self, timeout: float) -> paramiko.SFTPClient:
@@ -114,6 +116,34 @@ class _Conn:
         except Exception:  # noqa: BLE001 - closing a dead connection
             pass
         self.transport.close()
+
+
+class _Combined:
+    """The output of :func:`_remote.walks_command`, read section by section, in order."""
+
+    def __init__(self, source: SshSource, chan: paramiko.Channel, generation: int) -> None:
+        self.source, self.chan, self.generation = source, chan, generation
+        self.errbuf = bytearray()
+        recv = source._recv(chan, self.errbuf)
+        self.records = _remote.parse_records(iter(lambda: recv(1 << 18), b""), sections=True)
+        self.pos = 0  # index of the section the stream is in
+
+    def section(self, index: int, what: str) -> Iterator[Entry]:
+        try:
+            for record in self.records:
+                if isinstance(record, tuple):
+                    self.pos += 1
+                    done, status = record
+                    if done == index:
+                        self.source._check(what, status, bytes(self.errbuf))
+                        if done == self.source._last_section(self):
+                            _quiet_close(self.chan)
+                        return
+                elif self.pos == index:
+                    yield record
+        except ValueError as error:
+            raise _Lost(str(error)) from None
+        raise _Lost("the listing ended early")
 
 
 class SshSource:
@@ -151,8 +181,12 @@ class SshSource:
         self._generation = 0
         self.reconnects = 0  # how many times a dropped connection was re-established
         self._fetch_dirs_ok: set[bytes] = set()
+        #: Walks started ahead by :meth:`prepare_walks`: key -> (their one command, section index).
+        self._prepared: dict[tuple[Any, ...], tuple[_Combined, int]] = {}
+        #: Remote commands started on this source (tests count them; a pass should need few).
+        self.commands = 0
         try:
-            self._connect()
+            self._connect(wait_probe=False)
         except _Lost as error:
             raise TransportError(str(error), hint="is the host reachable and sshd running?") from None
 
@@ -173,7 +207,7 @@ class SshSource:
 
     # -- connection ---------------------------------------------------------
 
-    def _connect(self) -> _Conn:
+    def _connect(self, wait_probe: bool = True) -> _Conn:
         where = self.describe()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
@@ -203,14 +237,21 @@ class SshSource:
         conn = _Conn(transport, self._generation)
         self._conn = conn
         if not self.force_sftp:
-            self._probe(conn)
-        log.debug("connected to %s (%s)", where, "shell" if conn.shell else "sftp")
+            self._start_probe(conn)
+            if wait_probe:
+                self._finish_probe(conn)
+        log.debug("connected to %s", where)
         return conn
 
     def _live(self) -> _Conn:
         conn = self._conn
         if conn is None or not conn.transport.is_active():
             conn = self._reconnect(None)
+        if conn.probe is not None:
+            try:
+                self._finish_probe(conn)
+            except _Lost as error:
+                conn = self._reconnect(conn, str(error))
         return conn
 
     def _reconnect(self, failed: _Conn | None, why: str = "connection lost") -> _Conn:
@@ -351,14 +392,32 @@ class SshSource:
         raise TransportError(f"{where}: authentication refused for every key offered",
                              hint="is the public key in the server's authorized_keys?")
 
-    def _probe(self, conn: _Conn) -> None:
-        """Find out once per connection whether GNU find/xargs/tar/sha256sum can be run."""
+    def _start_probe(self, conn: _Conn) -> None:
+        """Start finding out, once per connection, whether GNU find/xargs/tar/sha256sum can be run.
+
+        The answer is read when first needed (:meth:`_live`), so the probe's
+        start-up cost overlaps with the walks :meth:`prepare_walks` starts.
+        """
         try:
-            out, _err, _status = self._run(conn, _remote.PROBE, b"", limit=4096)
+            conn.probe = self._open(conn, _remote.PROBE, None)
         except (_Lost, TransportError):
             if not conn.transport.is_active():
                 raise
-            out = b""  # exec refused, or the "shell" is an SFTP server: fall back
+            self._capabilities(conn, b"")  # exec refused: fall back
+
+    def _finish_probe(self, conn: _Conn) -> None:
+        chan, conn.probe = conn.probe, None
+        if chan is None:
+            return
+        try:
+            out, _err, _status = self._collect(chan, limit=4096)
+        except (_Lost, TransportError):
+            if not conn.transport.is_active():
+                raise
+            out = b""  # the "shell" is an SFTP server: fall back
+        self._capabilities(conn, out)
+
+    def _capabilities(self, conn: _Conn, out: bytes) -> None:
         lines = set(out.split(b"\n"))
         conn.shell = b"Pd" in lines and b"Xa" in lines and b"E" in lines
         conn.tar = conn.shell and b"T" in lines
@@ -372,6 +431,7 @@ class SshSource:
             chan = conn.transport.open_session(timeout=self.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as error:
             raise _Lost(f"cannot open a channel: {error}") from None
+        self.commands += 1
         try:
             chan.settimeout(self.io_timeout)
             chan.exec_command(command)
@@ -427,7 +487,10 @@ class SshSource:
     def _run(self, conn: _Conn, command: str, stdin: bytes, limit: int | None = None
              ) -> tuple[bytes, bytes, int]:
         """Run a short command to completion: (stdout, stderr, exit status)."""
-        chan = self._open(conn, command, stdin)
+        return self._collect(self._open(conn, command, stdin), limit)
+
+    def _collect(self, chan: paramiko.Channel, limit: int | None = None) -> tuple[bytes, bytes, int]:
+        """Read a started command to completion: (stdout, stderr, exit status)."""
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
         out = bytearray()
@@ -573,7 +636,55 @@ class SshSource:
                                          hint="run the pass again; it resumes from what was copied") from None
                 self._reconnect(conn, str(error))
 
+    def prepare_walks(self, walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]]) -> None:
+        """Start now, as one remote command, the walks that :meth:`walk` will be asked for, in this order.
+
+        ``walks`` are ``(root, only_dirs_and, prune)`` as :meth:`walk` takes
+        them. Every remote command has a fixed start-up cost (login shell, rc
+        files): one command for all trees pays it once, and it runs while the
+        capability probe does. The output waits in the channel's window until
+        :meth:`walk` reads it, section by section; a walk asked for out of
+        order, or never, runs or is dropped on its own. A listing is as old as
+        its start, so walks are prepared only just before they are needed.
+        """
+        conn = self._conn
+        if conn is None or self.force_sftp or not conn.transport.is_active():
+            return
+        if conn.probe is None and not conn.shell:
+            return
+        keys: list[tuple[Any, ...]] = []
+        for root, pats, prune in walks:
+            key = (check_root(root), tuple(pats), tuple(check_relpath(p) for p in prune))
+            if key not in self._prepared and key not in keys:
+                keys.append(key)
+        if not keys:
+            return
+        try:
+            chan = self._open(conn, _remote.walks_command(keys), None)
+        except (_Lost, TransportError):
+            return
+        combined = _Combined(self, chan, conn.generation)
+        for i, key in enumerate(keys):
+            self._prepared[key] = (combined, i)
+
+    def _last_section(self, combined: _Combined) -> int:
+        """The highest section index still wanted from ``combined`` (-1 if none): when read, it is closed."""
+        return max((i for c, i in self._prepared.values() if c is combined), default=-1)
+
+    def _take_prepared(self, conn: _Conn, key: tuple[Any, ...]) -> Iterator[Entry] | None:
+        ready = self._prepared.pop(key, None)
+        if ready is None:
+            return None
+        combined, index = ready
+        if combined.generation != conn.generation or index < combined.pos:
+            return None
+        return combined.section(index, f"listing {key[0]}")
+
     def _walk_shell(self, conn: _Conn, root: str, pats: list[bytes], pruned: list[bytes]) -> Iterator[Entry]:
+        prepared = self._take_prepared(conn, (root, tuple(pats), tuple(pruned)))
+        if prepared is not None:
+            yield from prepared
+            return
         chan = self._open(conn, _remote.walk_command(root, pats, pruned), None)
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
@@ -1099,6 +1210,9 @@ class SshSource:
         return lines
 
     def close(self) -> None:
+        for combined, _index in self._prepared.values():
+            _quiet_close(combined.chan)
+        self._prepared.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
