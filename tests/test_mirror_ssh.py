@@ -185,3 +185,12 @@ def test_passes_need_few_remote_commands(setup) -> None:  # noqa: ANN001
     assert report.exit_code() == 0, report.warnings
     assert report.figures["files_new"] == 0
     assert sum(s.commands for s in opened) <= 2
+    # new messages: per changed partition, one listing of its changed directories and one tar
+    # stream, each with the directory-symlink check folded in (not a command of its own)
+    server.deliver(3)
+    opened.clear()
+    report = run_pass(cfg, counted)
+    assert report.exit_code() == 0, report.warnings
+    assert report.figures["files_new"] == 3
+    assert_mirrors(ROOT, cfg)
+    assert sum(s.commands for s in opened) <= 2 + 2 * len(server.partitions)

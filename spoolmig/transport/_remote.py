@@ -36,6 +36,7 @@ PROBE = (
     "tar --null --no-unquote --hard-dereference --format=posix --pax-option=delete=atime "
     "--version >/dev/null 2>&1 && echo T; "
     "printf '' | sha256sum >/dev/null 2>&1 && echo S; "
+    "/bin/sh -c '[ \"$(printf ab | { head -c 1 >/dev/null; cat; })\" = b ] && echo H' 2>/dev/null; "
     "echo E"
 )
 
@@ -57,6 +58,28 @@ def enter(root: str) -> str:
     """Shell prefix: a missing root prints nothing and succeeds; an unreadable one fails."""
     q = shlex.quote(root)
     return f"[ -d {q} ] || exit 0; cd {q} || exit {EXIT_NO_ROOT}; "
+
+
+#: First byte of a checked command's output (:func:`checked`): the ancestors were all real
+#: directories and the command's own output follows / one was not, nothing was read.
+CHECK_OK, CHECK_BAD = b"K", b"B"
+
+
+def checked(check_bytes: int | None) -> str:
+    """Shell prefix: the directory-symlink check, in the same remote command as what it protects.
+
+    With ``check_bytes`` set, stdin starts with that many bytes of
+    NUL-separated ``./`` ancestor directories, then the command's own list.
+    ``head -c`` (exact on GNU, checked by :data:`PROBE`) takes the first part;
+    if any of them is not a real directory any more (a symlink swapped in since
+    the listing) the command prints :data:`CHECK_BAD` and reads nothing, else
+    :data:`CHECK_OK` and runs. Only the byte count is on the command line.
+    """
+    if check_bytes is None:
+        return ""
+    find = "exec find \"$@\" -maxdepth 0 ! -type d -printf x -quit"
+    return (f"b=$(head -c {int(check_bytes)} | xargs -0 -r /bin/sh -c {shlex.quote(find)} sh); "
+            'if [ -n "$b" ]; then printf B; exit 0; fi; printf K; ')
 
 
 def _glob_escape(path: bytes) -> str:
@@ -118,12 +141,14 @@ def _xargs(inner: str) -> str:
     return "exec xargs -0 -r /bin/sh -c " + shlex.quote(inner) + " sh"
 
 
-def stat_command(root: str) -> str:
-    return wrap(enter(root) + _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'"))
+def stat_command(root: str, check_bytes: int | None = None) -> str:
+    return wrap(enter(root) + checked(check_bytes)
+                + _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'"))
 
 
-def list_command(root: str) -> str:
-    return wrap(enter(root) + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'"))
+def list_command(root: str, check_bytes: int | None = None) -> str:
+    return wrap(enter(root) + checked(check_bytes)
+                + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'"))
 
 
 def not_dirs_command(root: str) -> str:
@@ -147,12 +172,12 @@ def under(path: bytes, prefixes: set[bytes]) -> bool:
     return any(b"/".join(parts[:i]) in prefixes for i in range(1, len(parts) + 1))
 
 
-def checksum_command(root: str) -> str:
+def checksum_command(root: str, check_bytes: int | None = None) -> str:
     """sha256 of regular files only: ``-type f`` keeps a symlink's target unread."""
-    return wrap(enter(root) + _xargs("exec find \"$@\" -maxdepth 0 -type f -exec sha256sum {} +"))
+    return wrap(enter(root) + checked(check_bytes) + _xargs("exec find \"$@\" -maxdepth 0 -type f -exec sha256sum {} +"))
 
 
-def tar_command(root: str) -> str:
+def tar_command(root: str, check_bytes: int | None = None) -> str:
     """One POSIX tar stream of the listed files: ns mtimes in pax headers, links never followed.
 
     ``--hard-dereference``: Cyrus hard-links one message into many mailboxes;
@@ -160,7 +185,7 @@ def tar_command(root: str) -> str:
     ``--no-unquote``: names with backslashes are taken literally.
     """
     return wrap(
-        enter(root)
+        enter(root) + checked(check_bytes)
         + "exec tar --null --no-recursion --no-unquote --hard-dereference --format=posix "
         "--pax-option=delete=atime,delete=ctime -cf - -T -"
     )

@@ -97,6 +97,7 @@ class _Conn:
     shell: bool = False  # GNU find -printf and xargs -0 work
     tar: bool = False
     sha256sum: bool = False
+    head: bool = False  # GNU head -c reads exactly: the symlink check rides in the command it protects
     #: The capability probe's channel until its answer has been read (it runs alongside the first commands).
     probe: paramiko.Channel | None = None
     _sftp: paramiko.SFTPClient | None = None
@@ -144,6 +145,19 @@ class _Combined:
         except ValueError as error:
             raise _Lost(str(error)) from None
         raise _Lost("the listing ended early")
+
+
+@dataclass
+class _Pending:
+    """A command started with the directory-symlink check folded in; its first byte is the check's answer."""
+
+    chan: paramiko.Channel
+    paths: list[bytes]
+    command: Callable[..., str]
+    root: str
+
+    def close(self) -> None:
+        self.chan.close()
 
 
 class SshSource:
@@ -422,6 +436,7 @@ class SshSource:
         conn.shell = b"Pd" in lines and b"Xa" in lines and b"E" in lines
         conn.tar = conn.shell and b"T" in lines
         conn.sha256sum = conn.shell and b"S" in lines
+        conn.head = conn.shell and b"H" in lines
 
     # -- channels -----------------------------------------------------------
 
@@ -530,11 +545,42 @@ class SshSource:
         bad = {_remote.strip_dot(p) for p in out.split(b"\0") if p}
         return [p for p in paths if not _remote.under(p, bad)] if bad else paths
 
-    def _start(self, command: str, root: str) -> Callable[[_Conn, list[Any]], paramiko.Channel]:
-        def start(conn: _Conn, batch: list[Any]) -> paramiko.Channel:
+    def _start(self, command: Callable[..., str], root: str) -> Callable[[_Conn, list[Any]], Any]:
+        """Start ``command(root)`` on a batch, the directory-symlink check folded in when the source can.
+
+        Folded, the command's output starts with one byte saying whether the
+        check passed; :meth:`_checked` reads it before the batch is parsed. On
+        the rare failure the batch is run again the old way: the check as its
+        own command, then the command on the paths it leaves.
+        """
+        def start(conn: _Conn, batch: list[Any]) -> Any:
             paths = [i.path if isinstance(i, Entry) else i for i in batch]
-            return self._open(conn, command, _remote.stdin_paths(self._safe(conn, root, paths)))
+            if not conn.head:
+                return self._open(conn, command(root), _remote.stdin_paths(self._safe(conn, root, paths)))
+            prefixes = _remote.ancestors(paths)
+            pre = _remote.stdin_paths(prefixes) if prefixes else b""
+            chan = self._open(conn, command(root, len(pre)), pre + _remote.stdin_paths(paths))
+            return _Pending(chan, paths, command, root)
         return start
+
+    def _checked(self, conn: _Conn, pending: _Pending) -> paramiko.Channel:
+        """Read a folded check's answer; on a failed check, redo the batch with the check apart."""
+        chan = pending.chan
+        try:
+            head = chan.recv(1)
+        except socket.timeout:
+            _quiet_close(chan)
+            raise _Lost(f"no data from the source for {self.io_timeout:.0f}s") from None
+        except (paramiko.SSHException, EOFError, OSError) as error:
+            _quiet_close(chan)
+            raise _Lost(str(error)) from None
+        if head in (_remote.CHECK_OK, b""):  # b"": the root is missing or could not be entered
+            return chan
+        _quiet_close(chan)
+        if head != _remote.CHECK_BAD:
+            raise TransportError(f"{self.describe()}: unexpected answer {head!r} from a command in {pending.root}")
+        safe = self._safe(conn, pending.root, pending.paths)
+        return self._open(conn, pending.command(pending.root), _remote.stdin_paths(safe))
 
     # -- the resumable, pipelined batch driver ------------------------------
 
@@ -586,6 +632,8 @@ class SshSource:
                             pending = next(batches, None)
                         if pending is not None:
                             nxt = (pending, start(conn, pending), conn.generation)
+                        if isinstance(handle, _Pending):
+                            handle = self._checked(conn, handle)
                         base = current = done
                         for idx, value in parse(conn, handle, batch[base:]):
                             if base + idx != current:
@@ -712,7 +760,7 @@ class SshSource:
 
         yield from self._drive(
             self._batches(dirs, lambda d: d),
-            self._start(_remote.list_command(root), root),
+            self._start(_remote.list_command, root),
             parse, key=lambda e: e.path)
 
     def _stream(self, chan: paramiko.Channel, what: str) -> Iterator[Entry]:
@@ -744,7 +792,7 @@ class SshSource:
 
         yield from self._drive(
             self._batches(paths, lambda p: p),
-            self._start(_remote.stat_command(root), root),
+            self._start(_remote.stat_command, root),
             parse, key=_key)
 
     def checksum(self, root: str, paths: Iterable[bytes]) -> Iterator[tuple[bytes, str | None]]:
@@ -787,7 +835,7 @@ class SshSource:
 
         yield from self._drive(
             self._batches(paths, lambda p: p),
-            self._start(_remote.checksum_command(root), root),
+            self._start(_remote.checksum_command, root),
             parse, key=lambda v: v[0])
 
     # -- fetching -----------------------------------------------------------
@@ -828,7 +876,7 @@ class SshSource:
                     yield small
                     small = []
 
-        tar_start = self._start(_remote.tar_command(root), root)
+        tar_start = self._start(_remote.tar_command, root)
 
         def start(conn: _Conn, batch: list[bytes | Entry]) -> Any:
             if len(batch) == 1 and (is_large(batch[0]) or not use_tar):
