@@ -29,13 +29,23 @@ import logging
 import os
 import socket
 import stat as stat_mod
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import paramiko
+# paramiko.config imports ``invoke`` when it is installed (only for ssh_config "Match exec", unused
+# here): a tenth of a second of every pass's start-up. Hide it while paramiko loads.
+_HIDE_INVOKE = "invoke" not in sys.modules
+if _HIDE_INVOKE:
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+try:
+    import paramiko
+finally:
+    if _HIDE_INVOKE and sys.modules.get("invoke", False) is None:
+        del sys.modules["invoke"]
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
