@@ -129,12 +129,13 @@ def _parallel(pool: _SourcePool, jobs: int, work: list[T], fn: Callable[[T, Sour
             raise error
 
 
-def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[int, int]]:
+def check_quiet(source: Source, trees: list[Tree], wait: float, *, sleep: bool = True) -> list[tuple[int, int]]:
     """--final's precondition, first half: no Cyrus process, then a first cheap listing.
 
     The second listing, ``wait`` seconds later, is the pass's own walk
     (compared in :func:`_phases` before anything is applied), and a third one
-    ends the pass.
+    ends the pass. With ``sleep=False`` the caller waits (doing local work
+    meanwhile) before that second listing starts.
     """
     prepare_walks(source, [digest_spec(t) for t in trees])  # they run while ps does
     procs = source.cyrus_processes()
@@ -143,8 +144,14 @@ def check_quiet(source: Source, trees: list[Tree], wait: float) -> list[tuple[in
         raise SourceNotQuiet(f"{source.describe()}: Cyrus is still running ({len(procs)} processes: {shown})",
                              hint="stop Cyrus on the source (the maintenance window), then run --final again")
     first = [source_digest(source, t) for t in trees]
-    time.sleep(wait)
+    if sleep:
+        time.sleep(wait)
     return first
+
+
+def _wait_until(deadline: float | None) -> None:
+    if deadline is not None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 def _not_quiet(source: str, tree: Tree, wait: float, before: tuple[int, int], after: tuple[int, int]) -> SourceNotQuiet:
@@ -207,12 +214,14 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
     pass_id = None
     try:
         report.source = first.describe()
-        digests = check_quiet(first, trees, options.quiet_wait) if options.final else None
+        digests = check_quiet(first, trees, options.quiet_wait, sleep=False) if options.final else None
+        quiet_until = time.monotonic() + options.quiet_wait if options.final else None
         if replica is not None:
             pass_id = st.begin_pass(conn, options.mode, report.source)
             report.pass_id = pass_id
             recover_interrupted(conn, replica, trees)
         if state_file is None:  # dry run: the scratch copy of the state, nothing applied
+            _wait_until(quiet_until)
             _dry_run_scan(trees, conn, report, options, cfg, pool, digests)
         else:
             assert replica is not None
@@ -222,7 +231,7 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
                                   batch_bytes=options.batch_bytes)
                        for i, t in enumerate(trees)]
             try:
-                _phases(workers, pool, options, progress, report, digests)
+                _phases(workers, pool, options, progress, report, digests, quiet_until)
             finally:
                 for w in workers[1:]:
                     w.conn.close()
@@ -259,9 +268,13 @@ def _dry_run_scan(trees: list[Tree], conn, report: PassReport, options: Options,
 
 
 def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, progress: Progress,
-            report: PassReport, digests: list[tuple[int, int]] | None) -> None:
+            report: PassReport, digests: list[tuple[int, int]] | None, quiet_until: float | None = None) -> None:
     t0 = time.monotonic()
     progress.start("listing", None, "entries")
+    if options.jobs <= 1:
+        for w in workers:  # local work fills --final's quiet wait
+            w.reconcile()
+    _wait_until(quiet_until)  # the pass's listing is the quiet check's second one
     if options.jobs <= 1:
         prepare_walks(pool.opened[0], [w.walk_spec() for w in workers])
     _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s, progress))

@@ -108,6 +108,7 @@ class TreeWorker:
         self.batch_files, self.batch_bytes = batch_files, batch_bytes
         self.full_cover = False
         self.skipped = False
+        self._reconciled = False
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
         self.touched: set[bytes] = set()
         self._writers: ThreadPoolExecutor | None = None
@@ -139,8 +140,7 @@ class TreeWorker:
         self._progress = progress
         prior = self._prior()
         self.full_cover = self.full or self.final or not tree.cheap or prior == 0
-        if (self.full or self.final) and self.replica is not None:
-            self._reconcile_with_disk()
+        self.reconcile()
         if self.full_cover:
             entries: Iterable[Entry] = source.walk(tree.root, prune=tree.prune)
             if self.final:  # the quiet check's second listing comes from this walk
@@ -267,6 +267,12 @@ class TreeWorker:
             " AND (f.dir IS NULL OR f.dir NOT IN (SELECT path FROM relist))", (name,))]
         if stale:
             self._load(source.stat(self.tree.root, stale), keep_dirs=True)
+
+    def reconcile(self) -> None:
+        """--full/--final: compare the replica on disk with the state (local work; once, before listing)."""
+        if (self.full or self.final) and self.replica is not None and not self._reconciled:
+            self._reconciled = True
+            self._reconcile_with_disk()
 
     def _reconcile_with_disk(self) -> None:
         """--full/--final trust nothing: what is on disk but differs from the state becomes stale."""
