@@ -97,17 +97,18 @@ def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[byte
 SECTION_END = b"="
 
 
-def walks_command(walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]]) -> str:
+def walks_command(walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]], probe: bool = False) -> str:
     """Several walks in one remote command (one shell start-up instead of one per tree).
 
     Each walk runs in a subshell; after it a record of seven fields,
     ``=``, its exit status, its index, and four empty ones, ends its section
     (``parse_records(..., sections=True)`` yields it as ``(index, status)``).
+    With ``probe``, :data:`PROBE`'s lines come first (up to its ``E`` line).
     """
     parts = []
     for i, (root, pats, prune) in enumerate(walks):
         parts.append(f"( {walk_script(root, pats, prune)} ); printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; ")
-    return wrap("".join(parts) + "exit 0")
+    return wrap((PROBE + "; " if probe else "") + "".join(parts) + "exit 0")
 
 
 def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:

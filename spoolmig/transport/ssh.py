@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -110,6 +111,8 @@ class _Conn:
     head: bool = False  # GNU head -c reads exactly: the symlink check rides in the command it protects
     #: The capability probe's channel until its answer has been read (it runs alongside the first commands).
     probe: paramiko.Channel | None = None
+    #: Not probed yet: the first command (prepare_walks) may carry the probe.
+    unprobed: bool = False
     _sftp: paramiko.SFTPClient | None = None
 
     def sftp(self, timeout: float) -> paramiko.SFTPClient:
@@ -132,11 +135,12 @@ class _Conn:
 class _Combined:
     """The output of :func:`_remote.walks_command`, read section by section, in order."""
 
-    def __init__(self, source: SshSource, chan: paramiko.Channel, generation: int) -> None:
+    def __init__(self, source: SshSource, chan: paramiko.Channel, generation: int,
+                 recv: Callable[[int], bytes], errbuf: bytearray, rest: bytes = b"") -> None:
         self.source, self.chan, self.generation = source, chan, generation
-        self.errbuf = bytearray()
-        recv = source._recv(chan, self.errbuf)
-        self.records = _remote.parse_records(iter(lambda: recv(1 << 18), b""), sections=True)
+        self.errbuf = errbuf
+        chunks = itertools.chain((rest,), iter(lambda: recv(1 << 18), b""))
+        self.records = _remote.parse_records(chunks, sections=True)
         self.pos = 0  # index of the section the stream is in
 
     def section(self, index: int, what: str) -> Iterator[Entry]:
@@ -261,9 +265,11 @@ class SshSource:
         conn = _Conn(transport, self._generation)
         self._conn = conn
         if not self.force_sftp:
-            self._start_probe(conn)
             if wait_probe:
+                self._start_probe(conn)
                 self._finish_probe(conn)
+            else:
+                conn.unprobed = True
         log.debug("connected to %s", where)
         return conn
 
@@ -271,8 +277,11 @@ class SshSource:
         conn = self._conn
         if conn is None or not conn.transport.is_active():
             conn = self._reconnect(None)
-        if conn.probe is not None:
+        if conn.probe is not None or conn.unprobed:
             try:
+                if conn.unprobed:
+                    conn.unprobed = False
+                    self._start_probe(conn)
                 self._finish_probe(conn)
             except _Lost as error:
                 conn = self._reconnect(conn, str(error))
@@ -708,7 +717,7 @@ class SshSource:
         conn = self._conn
         if conn is None or self.force_sftp or not conn.transport.is_active():
             return
-        if conn.probe is None and not conn.shell:
+        if conn.probe is None and not conn.shell and not conn.unprobed:
             return
         keys: list[tuple[Any, ...]] = []
         for root, pats, prune in walks:
@@ -717,11 +726,34 @@ class SshSource:
                 keys.append(key)
         if not keys:
             return
+        probe = conn.unprobed
         try:
-            chan = self._open(conn, _remote.walks_command(keys), None)
+            chan = self._open(conn, _remote.walks_command(keys, probe=probe), None)
         except (_Lost, TransportError):
             return
-        combined = _Combined(self, chan, conn.generation)
+        errbuf = bytearray()
+        recv = self._recv(chan, errbuf)
+        rest = b""
+        if probe:  # the probe's answer comes first: read it, then the walks follow
+            try:
+                while not (rest.startswith(b"E\n") or b"\nE\n" in rest) and len(rest) < 4096:
+                    data = recv(65536)
+                    if not data:
+                        break
+                    rest += data
+            except _Lost:
+                _quiet_close(chan)
+                return  # _live probes on its own
+            end = 2 if rest.startswith(b"E\n") else rest.find(b"\nE\n") + 3
+            if end < 3 and not rest.startswith(b"E\n"):
+                end = len(rest)  # no answer: not a shell we can use
+            conn.unprobed = False
+            self._capabilities(conn, rest[:end])
+            rest = rest[end:]
+            if not conn.shell:
+                _quiet_close(chan)
+                return
+        combined = _Combined(self, chan, conn.generation, recv, errbuf, rest)
         for i, key in enumerate(keys):
             self._prepared[key] = (combined, i)
 
