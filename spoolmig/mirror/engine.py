@@ -285,6 +285,9 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
         for w, before in zip(workers, digests):
             if w.digest is not None and w.digest.value() != before:
                 raise _not_quiet(report.source, w.tree, options.quiet_wait, before, w.digest.value())
+    if options.final and options.jobs <= 1:
+        for w in workers:  # re-checked from the closing listing below: no stat command per tree
+            w.recheck_from_listing = True
     total = sum(w.planned_bytes() for w in workers)
     progress.start("copying", total, "B")
     _parallel(pool, options.jobs, workers, lambda w, s: w.apply(s, progress))
@@ -292,12 +295,18 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
     report.add(fetch_seconds=time.monotonic() - t1)
     files = size = 0
     if options.final:
+        # The closing listing, after every tree was copied: the quiet check's third digest,
+        # and the sizes and mtimes the copied metadata files are re-checked against.
+        with pool.take() as source:
+            prepare_walks(source, [digest_spec(w.tree) for w in workers])
+            after = []
+            for w in workers:
+                listed: dict[bytes, tuple[int, int]] = {}
+                after.append(source_digest(source, w.tree, listed if w.recheck_from_listing else None))
+                w.recheck_metadata_listed(listed)
         for w in workers:
             n, b = w.verify()
             files, size = files + n, size + b
-        with pool.take() as source:
-            prepare_walks(source, [digest_spec(w.tree) for w in workers])
-            after = [source_digest(source, w.tree) for w in workers]
         during = [w.digest.value() if w.digest is not None else None for w in workers]
         if after != during:
             report.differ("the source changed during the final pass (its listing before and after differ)")

@@ -109,6 +109,8 @@ class TreeWorker:
         self.full_cover = False
         self.skipped = False
         self._reconciled = False
+        #: --final: the engine re-checks the metadata files from its closing listing (no stat command per tree).
+        self.recheck_from_listing = False
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
         self.touched: set[bytes] = set()
         self._writers: ThreadPoolExecutor | None = None
@@ -408,7 +410,7 @@ class TreeWorker:
         self._fetch(source, progress, later=0)
         self._hard_links()
         self._fetch(source, progress, later=2)
-        if self.final:
+        if self.final and not self.recheck_from_listing:
             self._recheck_metadata(source)
         self._finish_dirs()
 
@@ -709,12 +711,14 @@ class TreeWorker:
         self._futures[id(group)].result()
         return int(group[index])
 
-    def _recheck_metadata(self, source: Source) -> None:
+    def _recheck_metadata(self, source: Source | None, listed: dict[bytes, tuple[int, int]] | None = None) -> None:
         """--final: stat the metadata files again after copying them; a change during the read marks them stale.
 
         Only --final needs this (for its verified statement): in other passes the
         recorded mtime is the one from before the read, so the next pass's stat of
         every cyrus.*/config file sees the change and copies the file again.
+        With ``listed`` (path -> (size, mtime_ns) of every file a listing taken
+        after the copy showed) no stat is made: a file missing there vanished.
         """
         conn, name, last = self.conn, self.tree.name, None
         while True:
@@ -727,7 +731,14 @@ class TreeWorker:
             last = rows[-1][0]
             recorded = {p: (size, mtime) for p, size, mtime in rows}
             changed = []
-            for e in source.stat(self.tree.root, list(recorded)):
+            if listed is not None:
+                now: Iterable[Entry | bytes] = [
+                    Entry(path=p, kind="f", size=listed[p][0], mtime_ns=listed[p][1], mode=0) if p in listed else p
+                    for p in recorded]
+            else:
+                assert source is not None
+                now = source.stat(self.tree.root, list(recorded))
+            for e in now:
                 path = e if isinstance(e, bytes) else e.path
                 size, mtime = recorded.get(path, (None, None))
                 if size is None:
@@ -739,6 +750,11 @@ class TreeWorker:
             if changed:
                 with st.write(conn):
                     conn.executemany("UPDATE main.files SET stale = 1 WHERE tree = ? AND path = ?", changed)
+
+    def recheck_metadata_listed(self, listed: dict[bytes, tuple[int, int]]) -> None:
+        """--final: :meth:`_recheck_metadata` against a listing taken after every tree was copied."""
+        if self.final and self.recheck_from_listing and not self.skipped:
+            self._recheck_metadata(None, listed)
 
     def _finish_dirs(self) -> None:
         """Give directories their source attributes, then record them (after their entries)."""
@@ -849,11 +865,17 @@ def prepare_walks(source: Source, walks: list[tuple[str, tuple[bytes, ...], tupl
         prepare(walks)
 
 
-def source_digest(source: Source, tree: Tree) -> tuple[int, int]:
-    """A cheap listing of a tree as one digest (for --final's quiet check)."""
+def source_digest(source: Source, tree: Tree, files: dict[bytes, tuple[int, int]] | None = None) -> tuple[int, int]:
+    """A cheap listing of a tree as one digest (for --final's quiet check).
+
+    ``files``, if given, receives (size, mtime_ns) of every regular file listed
+    (the cheap listing's files are the ``cyrus.*`` ones; few).
+    """
     digest = ListingDigest(tree)
     entries = (source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune) if tree.cheap
                else source.walk(tree.root, prune=tree.prune))
     for e in entries:
         digest.add(e)
+        if files is not None and e.kind == "f":
+            files[e.path] = (e.size, e.mtime_ns)
     return digest.value()
