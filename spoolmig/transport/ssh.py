@@ -80,6 +80,8 @@ _WINDOW = 16 * _MiB
 _PREFETCH = 128
 _SFTP_READ = 65536
 _MAX_PACKET = 256 * 1024
+#: Receive window of the one command that lists every tree: bounds what waits in memory for later trees.
+_PREPARED_WINDOW = 2 * _MiB
 
 
 class _Lost(Exception):
@@ -459,10 +461,10 @@ class SshSource:
 
     # -- channels -----------------------------------------------------------
 
-    def _open(self, conn: _Conn, command: str, stdin: bytes | None) -> paramiko.Channel:
+    def _open(self, conn: _Conn, command: str, stdin: bytes | None, window: int | None = None) -> paramiko.Channel:
         """Start ``command``; send all of ``stdin`` (bounded by the window) then EOF."""
         try:
-            chan = conn.transport.open_session(timeout=self.connect_timeout)
+            chan = conn.transport.open_session(window_size=window, timeout=self.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as error:
             raise _Lost(f"cannot open a channel: {error}") from None
         self.commands += 1
@@ -728,7 +730,8 @@ class SshSource:
             return
         probe = conn.unprobed
         try:
-            chan = self._open(conn, _remote.walks_command(keys, probe=probe), None)
+            # A small window: output of the trees not being read yet waits on the source, not here.
+            chan = self._open(conn, _remote.walks_command(keys, probe=probe), None, window=_PREPARED_WINDOW)
         except (_Lost, TransportError):
             return
         errbuf = bytearray()
