@@ -159,6 +159,21 @@ class Replica:
 
     # -- files -------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _placing(self, full: bytes, replacing: bool) -> Iterator[None]:
+        """Around putting one file at ``full``: clear a stale directory, set the owner, name errors."""
+        try:
+            if replacing:
+                self._clear_dir_in_the_way(full)
+            yield
+            if self.owner:
+                os.lchown(full, *self.owner)
+        except IsADirectoryError:
+            raise MirrorError(f"replica {os.fsdecode(full)}: a directory the state does not know is in the way",
+                              hint="run `spoolmig mirror --full` to compare the replica with its state") from None
+        except OSError as error:
+            raise self._error(full, error) from None
+
     def _clear_dir_in_the_way(self, full: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.lstat(full).st_mode):
@@ -176,20 +191,11 @@ class Replica:
         self.ensure_dir(tree, parent)
         full = self.path(tree, rel)
         written = 0
-        try:
-            if replacing:
-                self._clear_dir_in_the_way(full)
+        with self._placing(full, replacing):
             with atomic_writer(os.fsdecode(full), mode=mode, fsync=False, mtime_ns=mtime_ns) as f:
                 while chunk := item.read(_CHUNK):
                     f.write(chunk)
                     written += len(chunk)
-            if self.owner:
-                os.lchown(full, *self.owner)
-        except IsADirectoryError:
-            raise MirrorError(f"replica {os.fsdecode(full)}: a directory the state does not know is in the way",
-                              hint="run `spoolmig mirror --full` to compare the replica with its state") from None
-        except OSError as error:
-            raise self._error(full, error) from None
         return written
 
     def write_bytes(self, tree: str, rel: bytes, data: bytes, mode: int, mtime_ns: int, *,
@@ -201,17 +207,8 @@ class Replica:
         system calls and the thread-safe parts of this object are used.
         """
         full = self.path(tree, rel)
-        try:
-            if replacing:
-                self._clear_dir_in_the_way(full)
+        with self._placing(full, replacing):
             publish_bytes(full, data, mode, mtime_ns)
-            if self.owner:
-                os.lchown(full, *self.owner)
-        except IsADirectoryError:
-            raise MirrorError(f"replica {os.fsdecode(full)}: a directory the state does not know is in the way",
-                              hint="run `spoolmig mirror --full` to compare the replica with its state") from None
-        except OSError as error:
-            raise self._error(full, error) from None
         return len(data)
 
     def link_file(self, tree: str, existing: bytes, rel: bytes, size: int) -> bool:
