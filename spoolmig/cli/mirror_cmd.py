@@ -100,6 +100,15 @@ def run_mirror(args: argparse.Namespace) -> int:
     return code
 
 
+def _interval(seconds: float) -> str:
+    """A gap between passes in the unit a person thinks in."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -179,9 +188,10 @@ def run_status(args: argparse.Namespace) -> int:
     print()
     churn = status.churn
     if churn:
+        n = churn["intervals"]
         print(f"churn: {churn['files_per_hour']:.0f} new/changed files per hour,"
-              f" {_size(churn['bytes_per_hour'])} per hour (over {churn['intervals']} intervals,"
-              f" usually {churn['typical_interval_seconds'] / 60:.0f} min apart)")
+              f" {_size(churn['bytes_per_hour'])} per hour (over {n} interval{'s' if n != 1 else ''}"
+              f" between passes, typically {_interval(churn['typical_interval_seconds'])})")
     else:
         print("churn: needs two finished passes")
     fc = status.forecast
