@@ -87,16 +87,20 @@ class Replica:
 
     # -- directories -------------------------------------------------------
 
+    def _unknown_components(self, tree: str, rel: bytes) -> Iterator[bytes]:
+        """Absolute path of each directory from the tree down to ``rel`` not yet known to be real."""
+        current = self.root
+        for part in [tree.encode(), *(rel.split(b"/") if rel else [])]:
+            current = current + b"/" + part
+            if current not in self._dirs:
+                yield current
+
     def ensure_dir(self, tree: str, rel: bytes) -> bytes:
         """Make ``rel`` (and its parents) real directories; return the absolute path."""
         full = self.path(tree, rel)
         if full in self._dirs:
             return full
-        current = self.root
-        for part in [tree.encode(), *(rel.split(b"/") if rel else [])]:
-            current = current + b"/" + part
-            if current in self._dirs:
-                continue
+        for current in self._unknown_components(tree, rel):
             try:
                 st = os.lstat(current)
                 if not stat.S_ISDIR(st.st_mode):
@@ -123,11 +127,7 @@ class Replica:
         first, so a symlink in the replica, planted or left over, is never
         followed.
         """
-        current = self.root
-        for part in [tree.encode(), *(rel.split(b"/") if rel else [])]:
-            current = current + b"/" + part
-            if current in self._dirs:
-                continue
+        for current in self._unknown_components(tree, rel):
             try:
                 if not stat.S_ISDIR(os.lstat(current).st_mode):
                     return False
