@@ -669,22 +669,31 @@ def encode_legacy_value(entry: MailboxEntry) -> bytes:
     return b"%d %s %s" % (number, to_bytes(partition), to_bytes(entry.acl or ""))
 
 
-def _acl_kvlist(acl: str) -> KvList:
-    """TAB form → ``%(id rights …)`` as ``_write_acl`` / ``mailbox_acl_to_dlist`` split it."""
-    out = KvList()
+def split_acl(acl: str) -> tuple[list[tuple[str, str]], str]:
+    """TAB form → (identifier, rights) pairs and the unpaired tail Cyrus ignores.
+
+    Split as ``_write_acl`` / ``mailbox_acl_to_dlist`` split it: a final pair
+    may lack its TAB; text without a TAB after the last pair is the tail.
+    """
+    pairs: list[tuple[str, str]] = []
     p = acl
     while p:
         tab = p.find("\t")
         if tab < 0:
-            break
+            return pairs, p
         ident, rest = p[:tab], p[tab + 1 :]
         tab2 = rest.find("\t")
         if tab2 < 0:
             rights, p = rest, ""
         else:
             rights, p = rest[:tab2], rest[tab2 + 1 :]
-        out.append((to_bytes(ident), to_bytes(rights)))
-    return out
+        pairs.append((ident, rights))
+    return pairs, ""
+
+
+def _acl_kvlist(acl: str) -> KvList:
+    """TAB form → ``%(id rights …)`` (see :func:`split_acl`)."""
+    return KvList((to_bytes(ident), to_bytes(rights)) for ident, rights in split_acl(acl)[0])
 
 
 def encode_dlist_value(entry: MailboxEntry, version: CyrusVersion = (3, 4, 0), *, mtime: int | None = None) -> bytes:
@@ -786,5 +795,4 @@ def build_records(
 
 def iter_acl_pairs(acl: str) -> Iterator[tuple[str, str]]:
     """``id TAB rights TAB …`` pairs the way Cyrus splits them (trailing garbage dropped)."""
-    for ident, rights in _acl_kvlist(acl):
-        yield to_str(ident), to_str(rights)
+    yield from split_acl(acl)[0]

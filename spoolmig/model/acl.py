@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spoolmig.formats.dlist import KvList
+from spoolmig.formats.mailboxes_db import split_acl
 
 __all__ = ["Acl", "AclEntry", "AclProblem", "convert_rights", "rights_mask", "mask_to_rights"]
 
@@ -136,22 +137,8 @@ class Acl:
     @classmethod
     def parse(cls, text: str) -> Acl:
         """The TAB form, split as Cyrus splits it (a final pair may lack its TAB)."""
-        entries = []
-        p = text
-        garbage = ""
-        while p:
-            tab = p.find("\t")
-            if tab < 0:
-                garbage = p
-                break
-            ident, rest = p[:tab], p[tab + 1 :]
-            tab2 = rest.find("\t")
-            if tab2 < 0:
-                rights, p = rest, ""
-            else:
-                rights, p = rest[:tab2], rest[tab2 + 1 :]
-            entries.append(AclEntry(ident, rights))
-        return cls(tuple(entries), garbage)
+        pairs, garbage = split_acl(text)
+        return cls(tuple(AclEntry(ident, rights) for ident, rights in pairs), garbage)
 
     def render(self) -> str:
         """The TAB form, every pair followed by a TAB (``cyrus_acl_set``)."""
