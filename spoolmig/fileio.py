@@ -82,6 +82,9 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+#: This process's part of the temporary names (getpid is a system call; kept current across fork).
+_PID_B = [b"%d-" % os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID_B.__setitem__(0, b"%d-" % os.getpid()))
 
 
 def publish_bytes(path: bytes, data: bytes, mode: int, mtime_ns: int) -> None:
@@ -93,7 +96,7 @@ def publish_bytes(path: bytes, data: bytes, mode: int, mtime_ns: int) -> None:
     ``O_EXCL|O_NOFOLLOW``, gets mode and mtime through its descriptor, and is
     renamed over ``path``; on any error it is removed and ``path`` untouched.
     """
-    head = path.rpartition(b"/")[0] + b"/" + _TEMP_B + b"%d-" % os.getpid()
+    head = path.rpartition(b"/")[0] + b"/" + _TEMP_B + _PID_B[0]
     while True:
         tmp = head + b"%d" % next(_SEQ)
         try:

@@ -116,6 +116,17 @@ def test_open_source_from_config(up: Sshd, tmp_path: Path) -> None:
     assert isinstance(local, LocalSource)
 
 
+def test_aes_gcm_is_chosen_when_the_server_offers_it(up: Sshd) -> None:
+    """One pass per packet instead of CTR plus a separate HMAC (BENCHMARKS.md has the measurement)."""
+    source = _source(up)
+    try:
+        transport = source._live().transport
+        assert transport.remote_cipher == "aes128-gcm@openssh.com"
+        assert transport.local_cipher == "aes128-gcm@openssh.com"
+    finally:
+        source.close()
+
+
 def test_nothing_listening_is_a_clean_transport_error(up: Sshd) -> None:
     import socket
 

@@ -33,7 +33,7 @@ import stat as stat_mod
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,11 +47,13 @@ try:
 finally:
     if _HIDE_INVOKE and sys.modules.get("invoke", False) is None:
         del sys.modules["invoke"]
+from paramiko.buffered_pipe import BufferedPipe
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
 from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import _remote
+from spoolmig.transport._fifo import ByteFifo
 from spoolmig.transport._common import check_relpath, check_root, glob_matcher, join, kind_of
 from spoolmig.transport._tar import TarFormatError, TarStream
 from spoolmig.transport.base import Entry, Fetched
@@ -80,8 +82,26 @@ _WINDOW = 16 * _MiB
 _PREFETCH = 128
 _SFTP_READ = 65536
 _MAX_PACKET = 256 * 1024
+#: Ciphers tried first when the server offers them: AES-GCM is one pass (no separate HMAC per
+#: packet, which paramiko computes in Python); measured ~25 % less client CPU and ~30 % more
+#: throughput than paramiko's default aes128-ctr + hmac-sha2-256 on a 1 GiB tar over loopback.
+_FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: Receive window of the one command that lists every tree: bounds what waits in memory for later trees.
 _PREPARED_WINDOW = 2 * _MiB
+
+
+class _ChunkPipe(BufferedPipe):
+    """A channel's receive buffer without paramiko's per-read shifting (see :mod:`._fifo`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = ByteFifo()  # type: ignore[assignment]
+
+    def _buffer_frombytes(self, data: bytes) -> None:
+        self._buffer.append(data)  # type: ignore[attr-defined]
+
+    def _buffer_tobytes(self, limit: int | None = None) -> bytes:
+        return self._buffer.peek(limit)  # type: ignore[attr-defined,no-any-return]
 
 
 class _Lost(Exception):
@@ -194,7 +214,7 @@ class SshSource:
         retries: int = 5,
         backoff: float = 1.0,
         batch_files: int = 10000,
-        batch_bytes: int = 32 * _MiB,
+        batch_bytes: int = 256 * _MiB,
         large_file: int = 64 * _MiB,
         force_sftp: bool = False,
     ) -> None:
@@ -248,11 +268,11 @@ class SshSource:
             transport.banner_timeout = self.connect_timeout
             transport.handshake_timeout = self.connect_timeout
             transport.auth_timeout = self.connect_timeout
+            opts = transport.get_security_options()
+            opts.ciphers = _prefer(opts.ciphers, _FAST_CIPHERS)
             known_types = self._known_key_types()
             if known_types and not self.pinned:
-                opts = transport.get_security_options()
-                preferred = [t for t in opts.key_types if _key_family(t) in known_types]
-                opts.key_types = preferred + [t for t in opts.key_types if t not in preferred]
+                opts.key_types = _prefer(opts.key_types, [t for t in opts.key_types if _key_family(t) in known_types])
             try:
                 transport.start_client(timeout=self.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as error:
@@ -468,6 +488,7 @@ class SshSource:
         except (paramiko.SSHException, EOFError, OSError) as error:
             raise _Lost(f"cannot open a channel: {error}") from None
         self.commands += 1
+        chan.in_buffer = _ChunkPipe()
         try:
             chan.settimeout(self.io_timeout)
             chan.exec_command(command)
@@ -940,7 +961,7 @@ class SshSource:
                    ) -> Iterator[tuple[int, Fetched | bytes]]:
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
-        stream = TarStream(recv)
+        stream = TarStream(recv, chunk=_WINDOW)  # ask for all that is buffered: no partial reads
         pos = 0
         try:
             while True:
@@ -1335,6 +1356,12 @@ def _is_cyrus(line: str) -> bool:
     return name in _CYRUS_PROGRAMS
 
 
+def _prefer(available: Sequence[str], first: Sequence[str]) -> tuple[str, ...]:
+    """``available`` reordered so that those of ``first`` it contains come first (in their order)."""
+    head = [name for name in first if name in available]
+    return tuple(head) + tuple(name for name in available if name not in head)
+
+
 def _key_family(name: str) -> str:
     """RSA host keys are negotiated as rsa-sha2-* but stored as ssh-rsa."""
     return "ssh-rsa" if name.startswith("rsa-sha2-") else name
@@ -1388,6 +1415,9 @@ def _buffered(entry: Entry, data: bytes) -> Fetched:
 
     def read(n: int = _MiB) -> bytes:
         nonlocal pos
+        if pos == 0 and n >= len(data):  # the whole file at once: no copy
+            pos = len(data)
+            return data
         out = bytes(view[pos:pos + n])
         pos += len(out)
         return out
