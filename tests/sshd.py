@@ -12,12 +12,18 @@ shell is refused, so the SFTP fallback runs for real.
 
 ``source_config(server, ...)`` gives a :class:`spoolmig.config.SourceConfig`
 for either server; other test modules use it.
+
+The fixtures log in as root. ``running_sshd(workdir, user=...)`` logs in as
+another existing account instead (the mirror benchmark uses one with a stock
+shell start-up); sshd reads ``authorized_keys`` with that user's rights, so the
+work directory is opened up to it and checked along the whole path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -184,16 +190,43 @@ class Sshd:
         self.proc = None
 
 
-def make_sshd(workdir: Path, extra_config: str = "") -> Sshd:
-    """Fresh host and client keys, authorized_keys and known_hosts under ``workdir``."""
+def _user_can(user: str, test_flag: str, path: Path) -> bool:
+    """``test <flag> path`` run as ``user``: ACLs and groups count, as they do for sshd."""
+    pw = pwd.getpwnam(user)
+    return subprocess.run(["test", test_flag, str(path)], user=pw.pw_uid, group=pw.pw_gid,
+                          extra_groups=os.getgrouplist(user, pw.pw_gid), stdin=subprocess.DEVNULL).returncode == 0
+
+
+def _open_to(user: str, workdir: Path, authorized_keys: Path) -> None:
+    """Let ``user``'s sshd session read ``authorized_keys``, or say which directory stops it.
+
+    sshd opens the file with the user's rights (StrictModes no only skips the
+    ownership checks), so every directory above it must be searchable by them.
+    """
+    workdir.chmod(0o755)
+    authorized_keys.chmod(0o644)
+    if _user_can(user, "-r", authorized_keys):
+        return
+    for parent in reversed(authorized_keys.parents):
+        if not _user_can(user, "-x", parent):
+            raise RuntimeError(f"sshd: {user} cannot enter {parent} (mode {parent.stat().st_mode & 0o7777:o}), "
+                               f"so cannot read {authorized_keys}; use a work directory it can reach")
+    raise RuntimeError(f"sshd: {user} cannot read {authorized_keys}")
+
+
+def make_sshd(workdir: Path, extra_config: str = "", *, user: str = "root") -> Sshd:
+    """Fresh host and client keys, authorized_keys and known_hosts under ``workdir``; log in as ``user``."""
     workdir.mkdir(parents=True, exist_ok=True)
     host_key = workdir / "host_ed25519"
     identity = workdir / "client_ed25519"
     _keygen(host_key)
     client_pub = _keygen(identity)
-    (workdir / "authorized_keys").write_text(client_pub + "\n")
+    authorized_keys = workdir / "authorized_keys"
+    authorized_keys.write_text(client_pub + "\n")
+    if user != "root":
+        _open_to(user, workdir, authorized_keys)
     server = Sshd(workdir=workdir, port=_free_port(), host_key=host_key, identity_file=identity,
-                  known_hosts=workdir / "known_hosts", extra_config=extra_config)
+                  known_hosts=workdir / "known_hosts", extra_config=extra_config, user=user)
     server.known_hosts.write_text(server.host_key_line() + "\n")
     return server
 
@@ -211,8 +244,9 @@ def source_config(server: Sshd, *, known_hosts: str | None = None, fingerprint: 
 
 
 @contextlib.contextmanager
-def running_sshd(workdir: Path, extra_config: str = "") -> Iterator[Sshd]:
-    server = make_sshd(workdir, extra_config)
+def running_sshd(workdir: Path, extra_config: str = "", *, user: str = "root") -> Iterator[Sshd]:
+    """A started :func:`make_sshd` server, stopped on the way out."""
+    server = make_sshd(workdir, extra_config, user=user)
     server.start()
     try:
         yield server

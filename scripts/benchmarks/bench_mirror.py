@@ -13,21 +13,43 @@ their own destination, through the same sshd, with their default ciphers:
    --final`` against ``rsync -a --delete --checksum`` (the rsync pass that gives
    the same guarantee).
 
-Peak memory (max RSS) of every spoolmig run is reported. Usage:
-``scripts/bench mirror`` or ``python scripts/benchmarks/bench_mirror.py
---messages 20000 --mailboxes 200`` for a quicker run.
+Two quirks of the benchmark machine are kept out of the timings, and shown:
+
+* Destinations: each tool writes to its own fresh ext4 filesystem, a loop-mounted
+  image (2x the spool + 1 GiB) under the work directory, made just before that
+  tool's first copy after a ``sync``. On an ext4 that has just had many files
+  deleted, creating files is slow (the inode allocator skips recently deleted
+  inodes), so a shared or reused filesystem makes the first copy measure the
+  deletion. Without root or a loop device the bench falls back to plain
+  directories and says so.
+* Account: ``--account stock`` (default) logs both tools in as ``spoolbench``, a
+  system user created if missing with a stock Debian home (/etc/skel's .bashrc),
+  who owns the spool as cyrus would. ``--account root`` logs in as root, whose
+  .bashrc on the benchmark machine runs ``pyenv init`` (~0.175 s of CPU) for
+  every remote command. The cost of ``ssh ... true`` (median of 3) is printed
+  first: every remote command of either tool pays it. Locally both tools run as
+  root either way.
+
+The account and destination mode are in the JSON output. Peak memory (max RSS)
+of every spoolmig run is reported. Usage: ``scripts/bench mirror`` or ``python
+scripts/benchmarks/bench_mirror.py --messages 20000 --mailboxes 200`` for a
+quicker run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pwd
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +59,9 @@ from spoolgen import SyntheticServer  # noqa: E402
 from sshd import running_sshd  # noqa: E402
 
 SPOOLMIG = str(REPO / ".venv" / "bin" / "spoolmig")
+#: The ``--account stock`` login: a dedicated system user, as cyrus is on a real server.
+BENCH_USER = "spoolbench"
+GiB = 2**30
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -55,35 +80,171 @@ def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> tuple[float, 
     return float(dt), int(rss)
 
 
+def run(cmd: list[str], what: str) -> None:
+    """Run a set-up command; stop the bench with its error if it fails."""
+    r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise SystemExit(f"bench: {what}: {' '.join(cmd)} exited {r.returncode}: {r.stderr.strip()}")
+
+
+def ensure_account(name: str) -> pwd.struct_passwd:
+    """The stock login account, created if missing: a system user with /etc/skel's home.
+
+    Its .bashrc returns at once for a non-interactive shell, so a remote command
+    costs what it costs on a stock server, not what this machine's root .bashrc
+    adds. The test sshd runs without PAM, and sshd without PAM refuses a locked
+    account (useradd leaves ``!`` in the password field); ``*`` still allows no
+    password but lets the key in.
+    """
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        run(["useradd", "--system", "--create-home", "--shell", "/bin/bash", name],
+            f"--account stock needs root to create the user {name} (or use --account root)")
+        pw = pwd.getpwnam(name)
+    shadow = subprocess.run(["getent", "shadow", name], capture_output=True, text=True).stdout.split(":")
+    if len(shadow) > 1 and shadow[1].startswith("!"):
+        run(["usermod", "-p", "*", name], f"unlocking {name} for key logins")
+    return pw
+
+
+def give(paths: Iterable[Path], owner: pwd.struct_passwd | None) -> None:
+    """Give spool entries to the login account (a real spool belongs to cyrus, not root)."""
+    if owner is None:
+        return
+    for path in paths:
+        os.lchown(path, owner.pw_uid, owner.pw_gid)
+
+
+def tree(root: Path) -> Iterable[Path]:
+    """``root`` and every directory and file below it."""
+    yield root
+    for dirpath, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            yield Path(dirpath) / name
+
+
+def mounts_below(top: Path) -> list[Path]:
+    """Mount points at or below ``top``, deepest first (a killed earlier run may have left some)."""
+    top = top.resolve()
+    points = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        raw = line.split()[1]
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), raw))
+        if point == top or top in point.parents:
+            points.append(point)
+    return sorted(points, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount(point: Path) -> None:
+    """Unmount one destination filesystem; ``mount -o loop`` frees its loop device with it."""
+    r = subprocess.run(["umount", str(point)], capture_output=True, text=True)
+    if r.returncode:
+        print(f"bench: umount {point}: {r.stderr.strip()}; detaching it lazily", file=sys.stderr)
+        subprocess.run(["umount", "--lazy", str(point)], check=False)
+
+
+class Destinations:
+    """Each tool's destination: a fresh loop-mounted ext4, or a plain directory when that cannot be had.
+
+    A fresh filesystem per tool, made just before its first copy, gives both
+    tools the same empty ext4 with no recently deleted inodes to skip.
+    """
+
+    def __init__(self, work: Path, image_size: int, cleanup: contextlib.ExitStack) -> None:
+        self.work, self.image_size, self.cleanup = work, image_size, cleanup
+        self.mode = "ext4-loop"
+        self.fallback_reason = ""
+        self.made = 0
+        if os.geteuid() != 0:
+            self._fall_back("not root")
+        elif not shutil.which("mkfs.ext4"):
+            self._fall_back("no mkfs.ext4")
+        elif not Path("/dev/loop-control").exists():
+            self._fall_back("no loop device (/dev/loop-control)")
+        else:
+            print(f"destinations: a fresh ext4 per tool, {image_size / GiB:.1f} GiB loop-mounted image "
+                  f"under {work}, made just before its first copy")
+
+    def _fall_back(self, reason: str) -> None:
+        self.mode, self.fallback_reason = "plain-dir", reason
+        print(f"destinations: PLAIN DIRECTORIES under {self.work} ({reason}): NOT isolated, the first copies "
+              "may also measure the filesystem's recent deletions", flush=True)
+
+    def fresh(self, name: str) -> Path:
+        """An empty place for ``name``'s destination, with earlier writes flushed so neither tool pays them."""
+        top = self.work / f"dest-{name}"
+        top.mkdir()
+        if self.mode == "ext4-loop":
+            try:
+                self._mount(top, name)
+            except subprocess.CalledProcessError as error:
+                if self.made:  # one tool on a fresh filesystem and the other not: not comparable
+                    raise SystemExit(f"bench: {' '.join(error.cmd)}: {error.stderr.strip()}") from None
+                self._fall_back(f"loop mount failed: {error.stderr.strip() or error}")
+        self.made += 1
+        os.sync()
+        return top
+
+    def _mount(self, top: Path, name: str) -> None:
+        image = self.work / f"dest-{name}.img"
+        for cmd in (["truncate", "-s", str(self.image_size), str(image)],
+                    ["mkfs.ext4", "-q", "-F", str(image)],
+                    ["mount", "-o", "loop", str(image), str(top)]):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        self.cleanup.callback(unmount, top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--mailboxes", type=int, default=2_000)
     parser.add_argument("--workdir", default=os.environ.get("SPOOLMIG_BENCH_DIR", "/tmp/spoolmig-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--account", choices=("root", "stock"), default="stock",
+                        help=f"ssh login of both tools: stock = system user {BENCH_USER} with a stock "
+                             "Debian home (default); root = root with this machine's ~/.bashrc")
     args = parser.parse_args()
 
     work = Path(args.workdir)
+    for point in mounts_below(work):
+        unmount(point)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    owner = ensure_account(BENCH_USER) if args.account == "stock" else None
+    login = owner.pw_name if owner else "root"
+    if owner:
+        work.chmod(0o755)  # the account reaches the spool and the sshd's authorized_keys through it
     users = max(1, args.mailboxes // 4)
     t = time.perf_counter()
     server = SyntheticServer(work / "source")
     server.populate(users=users, folders_per_user=3, messages=args.messages)
+    give(tree(server.root), owner)
     files = sum(1 for _ in server.files())
     size = sum(p.lstat().st_size for p in server.files())
     print(f"spool: {len(server.mailboxes)} mailboxes, {files} files, {size / 2**30:.2f} GiB "
           f"(generated in {time.perf_counter() - t:.0f} s)")
+    print(f"account: {login} (--account {args.account}"
+          + (": stock /etc/skel home, owns the spool)" if owner else ": this machine's root ~/.bashrc)"))
 
     results: dict[str, dict[str, float]] = {}
-    with running_sshd(work / "sshd") as sshd:
+    with contextlib.ExitStack() as cleanup:
+        dests = Destinations(work, 2 * size + GiB, cleanup)
+        sshd = cleanup.enter_context(running_sshd(work / "sshd", user=login))
         src = server.root
         ssh = (f"ssh -p {sshd.port} -i {sshd.identity_file} -o UserKnownHostsFile={sshd.known_hosts} "
                "-o StrictHostKeyChecking=yes -o BatchMode=yes")
+        login_cost = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([*ssh.split(), f"{sshd.user}@{sshd.host}", "true"], check=True)
+            login_cost.append(time.perf_counter() - t)
+        ssh_true = statistics.median(login_cost)
+        print(f"ssh {sshd.user}@{sshd.host} true: {ssh_true:.3f} s (median of 3): connection and login shell "
+              "start-up, paid by every remote command of either tool", flush=True)
         remote = [f"{sshd.user}@{sshd.host}:{src}{p}" for p in (*server.partitions.values(),
                                                                    server.configdirectory)]
-        rsync_dest = work / "rsync"
-        rsync_dest.mkdir()
+        rsync_dest = work / "dest-rsync" / "rsync"
 
         def rsync(*extra: str) -> tuple[float, int]:
             return timed(["rsync", "-a", "--delete", *extra, "-e", ssh, *remote, str(rsync_dest)])
@@ -99,7 +260,7 @@ def main() -> None:
             "partitions = { "
             + ", ".join(f'{k} = "{src}{v}"' for k, v in server.partitions.items())
             + " }\nhashimapspool = true\n\n[mirror]\n"
-            f'path = "{work / "mirror"}"\n'
+            f'path = "{work / "dest-spoolmig" / "mirror"}"\n'
         )
 
         def spoolmig(*extra: str) -> tuple[float, int]:
@@ -111,24 +272,31 @@ def main() -> None:
             print(f"{label:<28} rsync {rs[0]:8.2f} s   spoolmig {sm[0]:8.2f} s   "
                   f"ratio {sm[0] / rs[0]:5.2f}   spoolmig peak {sm[1] / 1024:6.1f} MB", flush=True)
 
-        measure("first full copy", rsync(), spoolmig())
+        dests.fresh("rsync")
+        rsync_dest.mkdir()
+        first_rsync = rsync()
+        dests.fresh("spoolmig")
+        measure("first full copy", first_rsync, spoolmig())
         runs_r = [rsync() for _ in range(3)]
         runs_s = [spoolmig() for _ in range(3)]
         measure("no-change pass (median/3)",
                 (statistics.median(r[0] for r in runs_r), max(r[1] for r in runs_r)),
                 (statistics.median(r[0] for r in runs_s), max(r[1] for r in runs_s)))
         new = max(1, args.messages // 1000)
-        server.deliver(new)
+        give(server.deliver(new), owner)
         server.expunge(max(1, new // 10))
         server.flag_change(max(1, new // 4))
         measure(f"after +{new} msgs, expunges", rsync(), spoolmig())
-        server.deliver(max(1, new // 2))
+        give(server.deliver(max(1, new // 2)), owner)
         server.expunge(max(1, new // 20))
         server.flag_change(max(1, new // 4))
         measure("final pass (--checksum)", rsync("--checksum"), spoolmig("--final"))
 
     print(json.dumps({"messages": args.messages, "mailboxes": len(server.mailboxes), "files": files,
-                      "bytes": size, "cpus": os.cpu_count(), "results": results}, indent=2))
+                      "bytes": size, "cpus": os.cpu_count(), "account": args.account, "ssh_user": login,
+                      "ssh_true_s": ssh_true, "destinations": dests.mode,
+                      **({"destinations_fallback": dests.fallback_reason} if dests.fallback_reason else {}),
+                      "results": results}, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
