@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -90,7 +91,8 @@ def run_mirror(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     cfg = config.load(args.config)
     options = Options(full=args.full, final=args.final, checksum=args.checksum, dry_run=args.dry_run,
-                      jobs=args.jobs or cfg.mirror.jobs, quiet_wait=args.quiet_wait)
+                      jobs=args.jobs or cfg.mirror.jobs, quiet_wait=args.quiet_wait,
+                      helpers=min(4, os.cpu_count() or 1))
     report = run_pass(cfg, lambda: open_source(cfg.source), options, make_progress(args))
     code = report.exit_code()
     if args.json:

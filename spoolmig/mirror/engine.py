@@ -48,6 +48,9 @@ class Options:
     quiet_wait: float = 2.0
     batch_files: int = 2000
     batch_bytes: int = 64 << 20
+    #: Helper processes for a big fetch when one tree is mirrored at a time (0: none; the CLI
+    #: uses one per core, up to 4). They reconnect from ``cfg.source``, so only for the CLI's sources.
+    helpers: int = 0
 
     @property
     def mode(self) -> str:
@@ -230,6 +233,9 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
                                   delete=cfg.mirror.delete, batch_files=options.batch_files,
                                   batch_bytes=options.batch_bytes)
                        for i, t in enumerate(trees)]
+            if options.helpers > 1 and options.jobs <= 1:
+                for w in workers:
+                    w.helpers, w.helper_source = options.helpers, cfg.source
             try:
                 _phases(workers, pool, options, progress, report, digests, quiet_until)
             finally:

@@ -22,21 +22,22 @@ expunged; only ``cyrus.*`` files change in place):
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from spoolmig.mirror import helpers
 from spoolmig.mirror import state as st
+from spoolmig.mirror.fetcher import CHANGED, NEW, RECOPY, Fetcher, same_mtime
 from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport, show_path
 from spoolmig.mirror.trees import CLS_DIR, CLS_META, CLS_PLAIN, META_GLOBS, META_RE, Tree, check_relpath, split
 from spoolmig.progress import Progress
-from spoolmig.transport.base import Entry, Fetched, Source
+from spoolmig.transport.base import Entry, Source
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,6 @@ SAMPLE = 20
 #: clock: the tolerated clock skew between the two machines (a source whose clock is behind by more
 #: loses the protection; --final, which lists everything, does not depend on it).
 FRESH_CLOCK_WINDOW_NS = 30 * 1_000_000_000
-#: Writer threads per tree (0: write in the fetching thread).
-WRITERS = 2
-#: Files up to this size are buffered and handed to the writers.
-BUFFER_MAX = 4 << 20
-#: Small files are handed to the writers in groups (one task each) of this size.
-GROUP_FILES = 64
-GROUP_BYTES = 2 << 20
-#: Bound on buffered data waiting for the writers.
-INFLIGHT_BYTES = 16 << 20
-INFLIGHT_GROUPS = 16
 #: Re-list everything with one walk when more directories than this fraction changed.
 RELIST_WALK_FRACTION = 0.5
 #: ... and more than this many (below it, listing them is cheap anyway).
@@ -79,9 +70,6 @@ CREATE TEMP TABLE disk(path BLOB PRIMARY KEY, kind TEXT, size INTEGER, mtime_ns 
     mode INTEGER, link BLOB) WITHOUT ROWID;
 """
 
-#: todo.action values.
-NEW, CHANGED, RECOPY = 1, 2, 3
-
 _DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns <> s.mtime_ns
     OR f.mode <> s.mode OR (s.kind = 'f' AND f.inode <> s.inode AND f.inode <> 0 AND s.inode <> 0)
     OR f.link IS NOT s.link)"""
@@ -90,11 +78,6 @@ _UPSERT = ("INSERT OR REPLACE INTO main.files(tree, path, dir, kind, cls, size, 
            " stale) VALUES(?,?,?,?,?,?,?,?,?,?,?)")
 _MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
                " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
-
-
-def same_mtime(listed: int, sent: int) -> bool:
-    """Equal, or equal to the second when the sender only has whole seconds (tar)."""
-    return listed == sent or (sent % 1_000_000_000 == 0 and listed // 1_000_000_000 == sent // 1_000_000_000)
 
 
 class TreeWorker:
@@ -106,6 +89,10 @@ class TreeWorker:
         self.tree, self.conn, self.replica, self.report = tree, conn, replica, report
         self.full, self.final, self.checksum, self.delete = full, final, checksum, delete
         self.batch_files, self.batch_bytes = batch_files, batch_bytes
+        #: Helper processes for a big fetch (see :mod:`spoolmig.mirror.helpers`), and the source
+        #: configuration they connect with; 0/None: always fetch in this process.
+        self.helpers = 0
+        self.helper_source: Any = None
         self.full_cover = False
         self.skipped = False
         self._reconciled = False
@@ -113,16 +100,10 @@ class TreeWorker:
         self.recheck_from_listing = False
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
         self.touched: set[bytes] = set()
-        self._writers: ThreadPoolExecutor | None = None
         self._progress: Progress | None = None
         self._fresh_from: int | None = None
         #: --final: the cheap-listing digest of this pass's walk.
         self.digest: ListingDigest | None = None
-        self._inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
-        self._inflight_bytes = 0
-        self._group: list[Any] = []
-        self._group_bytes = 0
-        self._futures: dict[int, Future[None]] = {}
         conn.executescript(_TEMP_TABLES)
 
     # ------------------------------------------------------------------ scan
@@ -544,7 +525,7 @@ class TreeWorker:
         assert replica is not None
         expected: dict[bytes, tuple[Any, ...]] = {}
 
-        def wanted() -> Iterator[Entry]:
+        def chunks() -> Iterator[list[tuple[Any, ...]]]:
             last = 0
             while True:
                 rows = conn.execute(
@@ -556,62 +537,40 @@ class TreeWorker:
                 last = rows[-1][0]
                 with st.write(conn):
                     self._mark_dirs({r[2] for r in rows})
+                yield rows
+
+        def wanted() -> Iterator[Entry]:
+            for rows in chunks():
                 for r in rows:
                     expected[r[1]] = r
                     yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
 
-        self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="spoolmig-write") if WRITERS else None
-        try:
-            self._fetch_stream(source, progress, wanted(), expected)
-        finally:
-            if self._writers is not None:
-                self._writers.shutdown(wait=True)
-            self._writers = None
-            self._inflight.clear()
-            self._inflight_bytes = 0
-            self._group, self._group_bytes = [], 0
-            self._futures.clear()
+        files, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM todo"
+                                   " WHERE kind = 'f' AND later = ?", (later,)).fetchone()
+        if self.helpers > 1 and self.helper_source is not None and helpers.worth_helpers(files, size):
+            spec = helpers.HelperSpec(self.helper_source, os.fsdecode(replica.root), replica.owner, name,
+                                      self.tree.root, self.batch_files, self.batch_bytes)
+            for path in helpers.fetch_with_helpers(spec, self.helpers, chunks(), progress, report, self._record):
+                expected[path] = ()
+        else:
+            fetcher = Fetcher(name, self.tree.root, replica, report, self._record,
+                              batch_files=self.batch_files, batch_bytes=self.batch_bytes)
+            fetcher.run(source, progress, wanted(), expected)
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
         if later == 0:
             self._links()
 
-    def _fetch_stream(self, source: Source, progress: Progress, wanted: Iterator[Entry],
-                      expected: dict[bytes, tuple[Any, ...]]) -> None:
-        name, replica, report = self.tree.name, self.replica, self.report
-        assert replica is not None
-        done: list[Callable[[], tuple[Any, ...]]] = []
-        gone: list[tuple[str, bytes]] = []
-        size = 0
-        for item in source.fetch(self.tree.root, wanted):
-            if isinstance(item, bytes):
-                if expected.pop(item, None) is not None:
-                    replica.remove(name, item)
-                    gone.append((name, item))
-                    report.add(files_vanished=1)
-                continue
-            row = expected.pop(item.entry.path, None)
-            if row is None:
-                item.skip()
-                continue
-            done.append(self._store(row, item))
-            size += item.entry.size
-            progress.advance(item.entry.size)
-            if len(done) >= self.batch_files or size >= self.batch_bytes:
-                self._commit([f() for f in done], gone, size)
-                done.clear()
-                gone.clear()
-                self._futures.clear()
-                size = 0
-        self._commit([f() for f in done], gone, size)
-        self._futures.clear()
-
     def _commit(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
-        """The batch's files are in place: sync them, then record them in one transaction."""
+        """The batch's files are in place: sync them, then record them."""
         if not done and not gone:
             return
         assert self.replica is not None
         self.replica.sync()
+        self._record(done, gone, size)
+
+    def _record(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
+        """Record a batch of files that are on disk (synced) in one transaction."""
         with st.write(self.conn):
             self.conn.executemany(_UPSERT, done)
             self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
@@ -636,80 +595,6 @@ class TreeWorker:
                 self.replica.write_link(name, r[1], r[9] or b"", r[6])
                 done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
             self._commit(done, [], 0)
-
-    def _store(self, row: tuple[Any, ...], item: Fetched) -> Callable[[], tuple[Any, ...]]:
-        """Write one fetched file; return a function giving its state row once it is in place.
-
-        Files up to :data:`BUFFER_MAX` are read here and written by the writer
-        threads (file creation and rename are system calls that release the GIL,
-        so the disk work overlaps with parsing the next files off the network);
-        bigger ones stream straight to disk.
-        """
-        assert self.replica is not None
-        _id, path, parent, _kind, cls, size, mtime_ns, _mode, inode, _link, action = row
-        sent = item.entry
-        mtime = mtime_ns if same_mtime(mtime_ns, sent.mtime_ns) else sent.mtime_ns
-        mode = sent.mode & 0o7777
-        replica, name = self.replica, self.tree.name
-
-        def record(written: int) -> tuple[Any, ...]:
-            changed = written != sent.size or sent.size != size or mtime != mtime_ns
-            if changed:
-                self.report.warn(f"{show_path(name, path)}: changed while it was copied; "
-                                 "copied again next pass", count="files_changed_during")
-            return (name, path, parent, "f", cls, written, mtime, mode, sent.inode or inode, None,
-                    1 if changed else 0)
-
-        if sent.size > BUFFER_MAX:
-            written = replica.write_file(name, path, item, mode, mtime, replacing=action != NEW)
-            result = record(written)
-            return lambda: result
-        data = item.read(BUFFER_MAX + 1)
-        if len(data) > BUFFER_MAX or (data and len(data) < sent.size):
-            chunks = [data]
-            while chunk := item.read(1 << 20):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        replica.ensure_dir(name, parent or b"")
-        if self._writers is None:
-            result = record(replica.write_bytes(name, path, data, mode, mtime, replacing=action != NEW))
-            return lambda: result
-        group = self._group
-        index = len(group)
-        group.append((name, path, data, mode, mtime, action != NEW))
-        self._group_bytes += len(data)
-        if len(group) >= GROUP_FILES or self._group_bytes >= GROUP_BYTES:
-            self._flush_group()
-        return lambda: record(group[index] if isinstance(group[index], int) else self._written(group, index))
-
-    def _flush_group(self) -> None:
-        """Hand the buffered small files to a writer thread as one task (one submit per group)."""
-        group, size = self._group, self._group_bytes
-        if not group:
-            return
-        assert self._writers is not None and self.replica is not None
-        replica = self.replica
-
-        def write_all() -> None:
-            for i, (name, path, data, mode, mtime, replacing) in enumerate(group):
-                group[i] = replica.write_bytes(name, path, data, mode, mtime, replacing=replacing)
-
-        future = self._writers.submit(write_all)
-        self._futures[id(group)] = future
-        self._group, self._group_bytes = [], 0
-        self._inflight.append((future, size))
-        self._inflight_bytes += size
-        while self._inflight and (self._inflight_bytes > INFLIGHT_BYTES or len(self._inflight) > INFLIGHT_GROUPS):
-            oldest, n = self._inflight.popleft()
-            oldest.result()
-            self._inflight_bytes -= n
-
-    def _written(self, group: list[Any], index: int) -> int:
-        """Bytes written for one file of a group (waiting for its writer)."""
-        if group is self._group:
-            self._flush_group()
-        self._futures[id(group)].result()
-        return int(group[index])
 
     def _recheck_metadata(self, source: Source | None, listed: dict[bytes, tuple[int, int]] | None = None) -> None:
         """--final: stat the metadata files again after copying them; a change during the read marks them stale.

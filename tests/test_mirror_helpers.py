@@ -1,0 +1,168 @@
+"""Big fetches over helper processes: same replica, same state, and failures that converge."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sshd import Sshd, sshd  # noqa: F401 - the fixture
+from test_mirror_ssh import ROOT, _ssh_config
+from test_mirror_support import assert_mirrors, assert_state_matches_disk, make_server, temporaries
+
+from spoolmig.errors import MirrorError
+from spoolmig.mirror import helpers
+from spoolmig.mirror.engine import Options, run_pass
+from spoolmig.transport import open_source
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture
+def small_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Helpers from a handful of files on, in small chunks (so both get work several times)."""
+    monkeypatch.setattr(helpers, "MIN_FILES", 10)
+    monkeypatch.setattr(helpers, "CHUNK_ROWS", 7)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sshd: Sshd):  # noqa: ANN201, F811
+    server = make_server(tmp_path / "old", users=6, messages=300)
+    cfg = _ssh_config(tmp_path, server, sshd, tmp_path / "mirror")
+    return server, cfg
+
+
+def _helper_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.mark.usefixtures("small_helpers")
+def test_helpers_mirror_file_for_file_and_record_every_file(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    opts = Options(helpers=2, batch_files=5)
+    report = run_pass(cfg, lambda: open_source(cfg.source), opts)
+    assert report.exit_code() == 0, report.warnings
+    assert report.figures["files_new"] > 300
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    assert temporaries(Path(cfg.mirror.path)) == []
+    again = run_pass(cfg, lambda: open_source(cfg.source), opts)
+    assert again.figures["files_new"] == again.figures["files_changed"] == 0
+    # new messages after the first copy: fetched by helpers again (more than MIN_FILES)
+    server.deliver(40)
+    third = run_pass(cfg, lambda: open_source(cfg.source), opts)
+    assert third.exit_code() == 0 and third.figures["files_new"] >= 40
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+@pytest.mark.usefixtures("small_helpers")
+def test_helpers_report_progress_in_bytes(setup, tmp_path: Path, sshd: Sshd) -> None:  # noqa: ANN001, F811
+    server, cfg = setup
+
+    class Counting:
+        def __init__(self) -> None:
+            self.bytes = 0
+            self.label = ""
+
+        def start(self, label: str, total: int | None = None, unit: str = "it") -> None:
+            self.label = label
+
+        def advance(self, n: int = 1) -> None:
+            if self.label == "copying":
+                self.bytes += n
+
+        def note(self, message: str) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    progress = Counting()
+    report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2), progress)
+    assert report.exit_code() == 0
+    # what the in-process fetch reports for the same tree
+    reference = Counting()
+    (tmp_path / "plain").mkdir()
+    plain = _ssh_config(tmp_path / "plain", server, sshd, tmp_path / "mirror-plain")
+    assert run_pass(plain, lambda: open_source(plain.source), Options(), reference).exit_code() == 0
+    assert progress.bytes == reference.bytes > 0
+
+
+@pytest.mark.usefixtures("small_helpers")
+def test_a_killed_helper_fails_the_pass_in_one_line_and_the_next_pass_converges(setup) -> None:  # noqa: ANN001
+    server, cfg = setup
+    before = _helper_pids()
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed:
+            new = _helper_pids() - before
+            if new:
+                time.sleep(0.3)  # let it connect and start writing
+                pid = min(new)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    with pytest.raises(MirrorError, match=r"fetch helper \d was killed by signal 9"):
+        run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2, batch_files=5, batch_bytes=4096))
+    killer.join()
+    assert killed
+    assert _helper_pids() - before == set()  # the other helper was stopped too
+    report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    assert temporaries(Path(cfg.mirror.path)) == []
+    assert server  # the source is untouched by all this
+
+
+def test_killing_the_parent_stops_its_helpers_and_the_next_pass_converges(setup) -> None:  # noqa: ANN001
+    """kill -9 of the pass itself: the helpers notice their pipe closing and stop."""
+    _server, cfg = setup
+    script = (
+        "import sys\n"
+        "from spoolmig import config\n"
+        "from spoolmig.mirror import helpers\n"
+        "from spoolmig.mirror.engine import Options, run_pass\n"
+        "from spoolmig.transport import open_source\n"
+        "helpers.MIN_FILES, helpers.CHUNK_ROWS = 10, 7\n"
+        "cfg = config.load(sys.argv[1])\n"
+        "run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2, batch_files=5, batch_bytes=4096))\n"
+    )
+    for delay in (1.2, 1.8):
+        before = _helper_pids()
+        proc = subprocess.Popen([sys.executable, "-c", script, cfg.file], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while _helper_pids() - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _helper_pids() - before == set(), "helpers outlived their parent"
+    report = run_pass(cfg, lambda: open_source(cfg.source))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    assert temporaries(Path(cfg.mirror.path)) == []
+
+
+def test_small_fetches_stay_in_process(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    _server, cfg = setup
+    started: list[int] = []
+    monkeypatch.setattr(helpers, "fetch_with_helpers", lambda *a, **k: started.append(1) or [])
+    report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2))
+    assert report.exit_code() == 0 and started == []  # a few hundred files: below MIN_FILES
+    assert_mirrors(ROOT, cfg)
