@@ -39,14 +39,14 @@ def setup(tmp_path: Path, sshd: Sshd):  # noqa: ANN201, F811
 
 
 def _helper_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "spoolmig.mirror.helpers import helper_main"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 
 @pytest.mark.usefixtures("small_helpers")
 def test_helpers_mirror_file_for_file_and_record_every_file(setup) -> None:  # noqa: ANN001
     server, cfg = setup
-    opts = Options(helpers=2, batch_files=5)
+    opts = Options(helpers=3, batch_files=5)  # this process and two helpers
     report = run_pass(cfg, lambda: open_source(cfg.source), opts)
     assert report.exit_code() == 0, report.warnings
     assert report.figures["files_new"] > 300
@@ -162,7 +162,7 @@ def test_killing_the_parent_stops_its_helpers_and_the_next_pass_converges(setup)
 def test_small_fetches_stay_in_process(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _server, cfg = setup
     started: list[int] = []
-    monkeypatch.setattr(helpers, "fetch_with_helpers", lambda *a, **k: started.append(1) or [])
+    monkeypatch.setattr(helpers, "HelperPool", lambda *a, **k: started.append(1))
     report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2))
     assert report.exit_code() == 0 and started == []  # a few hundred files: below MIN_FILES
     assert_mirrors(ROOT, cfg)

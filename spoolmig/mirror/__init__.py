@@ -9,6 +9,10 @@ Modules, in the order data flows:
 * :mod:`.replica` writes into ``<mirror.path>`` without ever leaving it or
                   writing through a symlink; one sync per batch;
 * :mod:`.worker`  one tree's pass: list, compare (set-based SQL), apply;
+* :mod:`.fetcher` files into the replica, writer threads, one sync per batch
+                  behind the fetching, rows recorded only once synced;
+* :mod:`.helpers` a big fetch (a first copy) split over helper processes with
+                  a connection each: one Python process cannot use a second core;
 * :mod:`.engine`  a whole pass: lock, --final's quiet check, scan and apply
                   phases over ``--jobs`` threads, verification, the record;
 * :mod:`.status`  history, churn and the final pass forecast (read-only);

@@ -29,9 +29,9 @@ WRITERS = 2
 BUFFER_MAX = 4 << 20
 #: Small files are handed to the writers in groups (one task each) of this size.
 GROUP_FILES = 64
-GROUP_BYTES = 2 << 20
+GROUP_BYTES = 1 << 20
 #: Bound on buffered data waiting for the writers.
-INFLIGHT_BYTES = 16 << 20
+INFLIGHT_BYTES = 4 << 20
 INFLIGHT_GROUPS = 16
 #: Batches whose sync may run behind the fetching (each holds only its state rows).
 SYNCS_BEHIND = 2

@@ -4,13 +4,14 @@ A first copy is bound by Python: one process decrypts the SSH stream
 (paramiko), parses tar and hands files to its writers under one GIL, so on a
 multi-core machine a single process leaves cores idle while rsync's four
 processes use them. For a fetch of many files the tree worker therefore
-hands the rows of its ``todo`` table, in chunks, to a few helper processes.
-Each opens its own source connection and writes with its own
-:class:`~spoolmig.mirror.fetcher.Fetcher`; once a batch is synced the helper
-sends its state rows back and the parent records them. The parent stays the
-only writer of the state, marks the directories stale before any of their
-files is handed out (as the in-process fetch does), and hands out work
-as the helpers ask for it, so a slow helper never holds up the others.
+fetches with its own connection as usual and starts helper processes beside
+it (one fewer than the helpers wanted: on 2 cores, one). All take chunks of
+rows from the same :class:`Dispenser` as they go, so a slow one never holds
+up the others. A helper opens its own source connection and writes with its
+own :class:`~spoolmig.mirror.fetcher.Fetcher`; once a batch is synced it
+sends the batch's state rows back, and a thread of the parent records them.
+The parent stays the only writer of the state and marks the directories
+stale before any of their files is handed out.
 
 If the parent dies, the helpers see their pipe close and stop; what they
 wrote but the state does not record lies in stale directories, which the
@@ -21,14 +22,18 @@ If a helper dies, the pass fails with a one-line error, the same way.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import spoolmig
 from spoolmig import errors
 from spoolmig.mirror.fetcher import Fetcher, Row
 from spoolmig.mirror.replica import Replica
@@ -39,7 +44,7 @@ from spoolmig.transport.base import Entry
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-#: A fetch goes to helpers from this many files (or bytes) on: below it, start-up (a new
+#: Helpers join a fetch from this many files (or bytes) on: below it, start-up (a new
 #: interpreter and SSH connection, ~0.5 s each) costs more than the second core gains.
 MIN_FILES = 20_000
 MIN_BYTES = 2 << 30
@@ -70,16 +75,37 @@ def worth_helpers(files: int, size: int) -> bool:
 class _Helper:
     """The parent's end of one helper process."""
 
-    def __init__(self, ctx: Any, spec: HelperSpec, index: int) -> None:
+    def __init__(self, spec: HelperSpec, index: int) -> None:
+        """A fresh interpreter (no fork: the parent has threads and an open SSH transport).
+
+        Plain subprocess rather than multiprocessing: no resource-tracker process
+        and no re-import of the caller's main module. Messages are pickles framed
+        by :class:`multiprocessing.connection.Connection` on the child's stdin and
+        stdout (the child moves its own stdout aside first).
+        """
+        from multiprocessing.connection import Connection
+
         self.index = index
-        to_child_r, self.to_child = ctx.Pipe(duplex=False)
-        self.from_child, from_child_w = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_helper_main, args=(spec, to_child_r, from_child_w),
-                                name=f"spoolmig-fetch-{index}", daemon=True)
-        self.proc.start()
-        to_child_r.close()
-        from_child_w.close()
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(spoolmig.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from spoolmig.mirror.helpers import helper_main; helper_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.to_child = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
+        self.from_child = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
         self.finished = False  # said it is done
+        self.send(spec)
+
+    def exit_description(self) -> str:
+        try:
+            code = self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        return f"was killed by signal {-code}" if code < 0 else f"exited ({code})"
 
     def send(self, message: Any) -> None:
         try:
@@ -92,50 +118,98 @@ class _Helper:
         with contextlib.suppress(OSError):
             self.to_child.close()
         if not now:
-            self.proc.join(10)
-        if self.proc.is_alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.join(10)
+            self.proc.wait(10)
         with contextlib.suppress(OSError):
             self.from_child.close()
 
 
-def fetch_with_helpers(spec: HelperSpec, count: int, rows: Iterator[list[Row]], progress: Progress,
-                       report: PassReport, commit: Callable[..., None]) -> list[bytes]:
-    """Fetch the rows (in chunks, each chunk's directories already marked stale) with ``count`` helpers.
+class Dispenser:
+    """Chunks of todo rows, handed to the in-process fetch and the helpers alike, whoever asks first.
 
-    ``commit(rows, gone, size)`` records each synced batch. Returns the paths
-    no helper got from the source (neither sent nor reported vanished).
+    ``chunks`` yields lists of rows whose directories are already marked stale
+    (it reads and writes the state, so it is only ever advanced under the lock).
     """
-    import multiprocessing  # here: a pass that needs no helpers does not pay for importing it
-    from multiprocessing.connection import wait
 
-    ctx = multiprocessing.get_context("spawn")
-    helpers = [_Helper(ctx, spec, i) for i in range(count)]
-    undelivered: list[bytes] = []
-    pending: list[Row] = []
+    def __init__(self, chunks: Iterator[list[Row]]) -> None:
+        self._chunks = chunks
+        self._pending: list[Row] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def next_chunk() -> list[Row] | None:
-        nonlocal pending
-        if not pending:
-            pending = next(rows, [])
-            if not pending:
+    def take(self) -> list[Row] | None:
+        """The next chunk; None when there is no more work (or the fetch is being stopped)."""
+        with self._lock:
+            if self._closed:
                 return None
-        chunk, pending = pending[:CHUNK_ROWS], pending[CHUNK_ROWS:]
-        return chunk
+            if not self._pending:
+                self._pending = next(self._chunks, [])
+                if not self._pending:
+                    self._closed = True
+                    return None
+            chunk, self._pending = self._pending[:CHUNK_ROWS], self._pending[CHUNK_ROWS:]
+            return chunk
 
-    ok = False
-    try:
-        while not all(h.finished for h in helpers):
-            ready = wait([h.from_child for h in helpers if not h.finished])
-            for h in helpers:
-                if h.from_child in ready:
-                    _receive(h, next_chunk, progress, report, commit, undelivered)
-        ok = True
-    finally:
-        for h in helpers:
-            h.stop(now=not ok)
-    return undelivered
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
+class HelperPool:
+    """``count`` helper processes fed from a dispenser by a thread of the parent.
+
+    The thread answers the helpers' requests for work and records their synced
+    batches with ``commit`` (which must be safe to call from it: the tree
+    worker's state writes are serialised). Its failure closes the dispenser, so
+    the in-process fetch stops after its current chunk; :meth:`finish` raises it.
+    """
+
+    def __init__(self, spec: HelperSpec, count: int, dispenser: Dispenser, progress: Progress,
+                 report: PassReport, commit: Callable[..., None]) -> None:
+        self.dispenser, self.progress, self.report, self.commit = dispenser, progress, report, commit
+        self.helpers = [_Helper(spec, i) for i in range(count)]
+        self.undelivered: list[bytes] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._coordinate, name="spoolmig-helpers", daemon=True)
+        self._thread.start()
+
+    def _coordinate(self) -> None:
+        from multiprocessing.connection import wait
+
+        helpers = self.helpers
+        try:
+            while not all(h.finished for h in helpers):
+                ready = wait([h.from_child for h in helpers if not h.finished])
+                for h in helpers:
+                    if h.from_child in ready:
+                        _receive(h, self.dispenser.take, self.progress, self.report, self.commit,
+                                 self.undelivered)
+        except BaseException as error:  # noqa: BLE001 - handed to the fetching thread by finish()
+            self.error = error
+            self.dispenser.close()
+            self._stop(now=True)
+        else:
+            self._stop(now=False)
+
+    def _stop(self, *, now: bool) -> None:
+        for h in self.helpers:
+            h.stop(now=now)
+
+    def finish(self) -> list[bytes]:
+        """Wait for the helpers to end; their failure is raised here. Returns what they could not get."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.undelivered
+
+    def abort(self) -> None:
+        """The in-process fetch failed: stop handing out work and stop the helpers now."""
+        self.dispenser.close()
+        self._stop(now=True)
+        self._thread.join(30)
 
 
 def _receive(h: _Helper, next_chunk: Callable[[], list[Row] | None], progress: Progress, report: PassReport,
@@ -143,10 +217,7 @@ def _receive(h: _Helper, next_chunk: Callable[[], list[Row] | None], progress: P
     try:
         message = h.from_child.recv()
     except (EOFError, OSError):
-        h.proc.join(2)
-        code = h.proc.exitcode
-        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
-        raise errors.MirrorError(f"fetch helper {h.index} {how} in the middle of the pass; "
+        raise errors.MirrorError(f"fetch helper {h.index} {h.exit_description()} in the middle of the pass; "
                                  "the next pass completes what it left") from None
     kind = message[0]
     if kind == "more":
@@ -211,11 +282,20 @@ class _Outbox:
         pass
 
 
-def _helper_main(spec: HelperSpec, inbox_conn: Connection, out_conn: Connection) -> None:
-    """Run in the helper: fetch what the parent hands out until it says there is no more."""
+def helper_main() -> None:
+    """The helper process: fetch what the parent hands out until it says there is no more."""
+    from multiprocessing.connection import Connection
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops us by closing our pipe
+    inbox_conn = Connection(os.dup(0), writable=False)
+    out_conn = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # anything printed by accident goes to stderr, not into the message stream
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
     out = _Outbox(out_conn)
     try:
+        spec = inbox_conn.recv()
         _helper_fetch(spec, inbox_conn, out)
     except errors.SpoolmigError as error:
         with contextlib.suppress(OSError):

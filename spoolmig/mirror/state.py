@@ -82,7 +82,7 @@ def connect(path: str, *, uri: bool = False) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, uri=uri, timeout=300)
         conn.execute("PRAGMA busy_timeout = 300000")
-        conn.execute("PRAGMA cache_size = -8192")
+        conn.execute("PRAGMA cache_size = -4096")
     except sqlite3.Error as error:
         raise MirrorError(f"{path}: cannot open the mirror state: {error}") from None
     return conn

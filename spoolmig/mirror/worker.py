@@ -528,34 +528,43 @@ class TreeWorker:
         def chunks() -> Iterator[list[tuple[Any, ...]]]:
             last = 0
             while True:
-                rows = conn.execute(
-                    "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link, action FROM todo"
-                    " WHERE id > ? AND kind = 'f' AND later = ? ORDER BY id LIMIT ?",
-                    (last, later, self.batch_files)).fetchall()
+                with st.write(conn):  # also serialises the read with the helpers' thread
+                    rows = conn.execute(
+                        "SELECT id, path, dir, kind, cls, size, mtime_ns, mode, inode, link, action FROM todo"
+                        " WHERE id > ? AND kind = 'f' AND later = ? ORDER BY id LIMIT ?",
+                        (last, later, self.batch_files)).fetchall()
+                    if rows:
+                        self._mark_dirs({r[2] for r in rows})
                 if not rows:
                     return
                 last = rows[-1][0]
-                with st.write(conn):
-                    self._mark_dirs({r[2] for r in rows})
                 yield rows
 
-        def wanted() -> Iterator[Entry]:
-            for rows in chunks():
+        def wanted(source_of_chunks: Iterator[list[tuple[Any, ...]]]) -> Iterator[Entry]:
+            for rows in source_of_chunks:
                 for r in rows:
                     expected[r[1]] = r
                     yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
 
+        fetcher = Fetcher(name, self.tree.root, replica, report, self._record,
+                          batch_files=self.batch_files, batch_bytes=self.batch_bytes)
         files, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM todo"
                                    " WHERE kind = 'f' AND later = ?", (later,)).fetchone()
         if self.helpers > 1 and self.helper_source is not None and helpers.worth_helpers(files, size):
+            # This process fetches too; the helpers take chunks from the same dispenser.
             spec = helpers.HelperSpec(self.helper_source, os.fsdecode(replica.root), replica.owner, name,
                                       self.tree.root, self.batch_files, self.batch_bytes)
-            for path in helpers.fetch_with_helpers(spec, self.helpers, chunks(), progress, report, self._record):
+            dispenser = helpers.Dispenser(chunks())
+            pool = helpers.HelperPool(spec, self.helpers - 1, dispenser, progress, report, self._record)
+            try:
+                fetcher.run(source, progress, wanted(iter(dispenser.take, None)), expected)
+            except BaseException:
+                pool.abort()
+                raise
+            for path in pool.finish():
                 expected[path] = ()
         else:
-            fetcher = Fetcher(name, self.tree.root, replica, report, self._record,
-                              batch_files=self.batch_files, batch_bytes=self.batch_bytes)
-            fetcher.run(source, progress, wanted(), expected)
+            fetcher.run(source, progress, wanted(chunks()), expected)
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
         if later == 0:

@@ -73,7 +73,7 @@ _BUFFER_LIMIT = 1 * _MiB
 _STDIN_LIMIT = 512 * 1024
 #: Receive window and packet size we offer: fewer window stalls and fewer, larger packets
 #: (Python cost is per packet) than paramiko's 2 MiB / 32 KiB defaults.
-_WINDOW = 16 * _MiB
+_WINDOW = 2 * _MiB
 #: SFTP reads: 128 requests of 64 KiB in flight (8 MiB). paramiko's defaults
 #: (unbounded requests of 32 KiB) measured 8 MB/s on a 512 MiB file over
 #: loopback, these ~80 MB/s, like the tar stream on the same machine. 64 KiB is
