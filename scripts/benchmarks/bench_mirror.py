@@ -30,8 +30,9 @@ Two quirks of the benchmark machine are kept out of the timings, and shown:
   first: every remote command of either tool pays it. Locally both tools run as
   root either way.
 
-The account and destination mode are in the JSON output. Peak memory (max RSS)
-of every spoolmig run is reported. Usage: ``scripts/bench mirror`` or ``python
+The account and destination mode are in the JSON output. Peak memory of every
+run of either tool is reported: the peak of the summed RSS of its whole process
+tree (spoolmig's fetch helpers, rsync's processes), sampled every 50 ms. Usage: ``scripts/bench mirror`` or ``python
 scripts/benchmarks/bench_mirror.py --messages 20000 --mailboxes 200`` for a
 quicker run.
 """
@@ -48,6 +49,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,20 +66,56 @@ BENCH_USER = "spoolbench"
 GiB = 2**30
 
 
-def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one command, which must succeed."""
-    wrapper = (
-        "import resource, subprocess, sys, time\n"
-        "t = time.perf_counter()\n"
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-        "dt = time.perf_counter() - t\n"
-        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
-    dt, rss, code = out.stdout.split()
-    if int(code) not in (0, 1):
-        raise SystemExit(f"bench: {' '.join(cmd)} exited {code}: {out.stderr[-2000:]}")
-    return float(dt), int(rss)
+def tree_rss(root: int) -> int:
+    """Summed resident memory (bytes) of ``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/statm") as f:
+                rss[int(name)] = int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def timed(cmd: list[str], *, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall time and peak memory (KiB) of one command, which must exit with a code in ``ok``.
+
+    The memory is the peak of the summed RSS of the command's whole process tree,
+    sampled every 50 ms: spoolmig fetches with helper processes and rsync runs as
+    several processes, so one process's maximum would understate either.
+    """
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            peak = max(peak, tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _out, err = proc.communicate()
+    dt = time.perf_counter() - t
+    done.set()
+    sampler.join()
+    if proc.returncode not in ok:
+        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return dt, peak // 1024
 
 
 def run(cmd: list[str], what: str) -> None:
@@ -205,6 +243,9 @@ def main() -> None:
                         help=f"ssh login of both tools: stock = system user {BENCH_USER} with a stock "
                              "Debian home (default); root = root with this machine's ~/.bashrc")
     args = parser.parse_args()
+    # spoolmig as an installed copy would run: with its bytecode compiled (this environment sets
+    # PYTHONDONTWRITEBYTECODE, and an editable install never compiles it).
+    run([sys.executable, "-m", "compileall", "-q", str(REPO / "spoolmig")], "compiling spoolmig")
 
     work = Path(args.workdir)
     for point in mounts_below(work):
@@ -264,13 +305,14 @@ def main() -> None:
         )
 
         def spoolmig(*extra: str) -> tuple[float, int]:
-            return timed([SPOOLMIG, "mirror", "-q", "--config", str(config), *extra])
+            return timed([SPOOLMIG, "mirror", "-q", "--config", str(config), *extra], ok=(0, 1))
 
         def measure(label: str, rs: tuple[float, int], sm: tuple[float, int]) -> None:
             results[label] = {"rsync_s": rs[0], "spoolmig_s": sm[0], "ratio": sm[0] / rs[0],
-                              "spoolmig_maxrss_mb": sm[1] / 1024}
+                              "spoolmig_maxrss_mb": sm[1] / 1024, "rsync_maxrss_mb": rs[1] / 1024}
             print(f"{label:<28} rsync {rs[0]:8.2f} s   spoolmig {sm[0]:8.2f} s   "
-                  f"ratio {sm[0] / rs[0]:5.2f}   spoolmig peak {sm[1] / 1024:6.1f} MB", flush=True)
+                  f"ratio {sm[0] / rs[0]:5.2f}   peak memory spoolmig {sm[1] / 1024:6.1f} MB"
+                  f" rsync {rs[1] / 1024:6.1f} MB", flush=True)
 
         dests.fresh("rsync")
         rsync_dest.mkdir()

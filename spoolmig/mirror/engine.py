@@ -297,6 +297,11 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
     total = sum(w.planned_bytes() for w in workers)
     progress.start("copying", total, "B")
     _parallel(pool, options.jobs, workers, lambda w, s: w.apply(s, progress))
+    if any(w.unsynced for w in workers):  # one sync for the last batches of every tree
+        assert workers[0].replica is not None
+        workers[0].replica.sync()
+    for w in workers:
+        w.finish(synced=True)
     progress.finish()
     report.add(fetch_seconds=time.monotonic() - t1)
     files = size = 0

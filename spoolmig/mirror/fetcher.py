@@ -54,9 +54,13 @@ class Fetcher:
     """Fetch the files of one tree; ``commit`` gets each batch once it is on disk."""
 
     def __init__(self, tree: str, root: str, replica: Replica, report: PassReport, commit: Commit,
-                 *, batch_files: int, batch_bytes: int) -> None:
+                 *, batch_files: int, batch_bytes: int, sync_last: bool = True) -> None:
         self.tree, self.root, self.replica, self.report, self.commit = tree, root, replica, report, commit
         self.batch_files, self.batch_bytes = batch_files, batch_bytes
+        #: False: the last batch is written but neither synced nor committed; it is left in
+        #: :attr:`unsynced` for the caller to sync with others (one sync for a small pass, not one per tree).
+        self.sync_last = sync_last
+        self.unsynced: tuple[list[tuple[Any, ...]], list[tuple[str, bytes]], int] | None = None
         self._writers: ThreadPoolExecutor | None = None
         self._syncer: ThreadPoolExecutor | None = None
         self._syncs: collections.deque[tuple[Future[None], list[Any], list[tuple[str, bytes]], int]] = \
@@ -115,8 +119,12 @@ class Fetcher:
                 self._sync([f() for f in done], gone, size)
                 done, gone, size = [], [], 0
                 self._futures.clear()
-        self._sync([f() for f in done], gone, size)
+        rows = [f() for f in done]
         self._futures.clear()
+        if self.sync_last:
+            self._sync(rows, gone, size)
+        elif rows or gone:
+            self.unsynced = (rows, gone, size)
 
     def _sync(self, rows: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """The batch's files are written: sync them behind the fetching, commit those already synced."""

@@ -93,6 +93,11 @@ class TreeWorker:
         #: configuration they connect with; 0/None: always fetch in this process.
         self.helpers = 0
         self.helper_source: Any = None
+        #: Written but not yet synced: (tree, path) removed from the replica, and batches of
+        #: (rows, gone, size), recorded by the state after the next sync of this process.
+        self._unsynced_drops: list[tuple[str, bytes]] = []
+        self._unsynced: list[tuple[list[tuple[Any, ...]], list[tuple[str, bytes]], int]] = []
+        self._big_fetch = False
         self.full_cover = False
         self.skipped = False
         self._reconciled = False
@@ -109,7 +114,9 @@ class TreeWorker:
     # ------------------------------------------------------------------ scan
 
     def _prior(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM main.files WHERE tree = ?", (self.tree.name,)).fetchone()[0])
+        """Does the state know any file of this tree? (EXISTS: a count would read the whole tree.)"""
+        return int(self.conn.execute("SELECT EXISTS(SELECT 1 FROM main.files WHERE tree = ?)",
+                                     (self.tree.name,)).fetchone()[0])
 
     def walk_spec(self) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
         """``(root, only_dirs_and, prune)`` of the walk :meth:`scan` starts with (a source may start it ahead)."""
@@ -245,7 +252,7 @@ class TreeWorker:
             last = batch[-1]
             self._load(source.list_dirs(self.tree.root, batch), keep_dirs=True)
         stale = [r[0] for r in conn.execute(
-            "SELECT f.path FROM main.files f WHERE f.tree = ? AND f.stale = 1 AND f.kind <> 'd'"
+            "SELECT f.path FROM main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND f.kind <> 'd'"
             " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path)"
             " AND (f.dir IS NULL OR f.dir NOT IN (SELECT path FROM relist))", (name,))]
         if stale:
@@ -307,10 +314,16 @@ class TreeWorker:
                 "INSERT INTO gone SELECT f.path FROM main.files f WHERE f.tree = ? AND f.cls = ?"
                 " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = 'd')", (name, CLS_DIR))
             conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.cls > 0 AND {_NOT_SEEN}", (name,))
-            conn.execute(ins + f"relist r JOIN main.files f ON f.tree = ? AND f.dir = r.path WHERE {_NOT_SEEN}",
+            # Driven by the few relisted/gone directories, through files_dir: left to itself SQLite's
+            # planner walks every file of the tree (130 ms of a 1.3 s no-change pass at 209k files), or
+            # once per directory (5 s for 200 directories). tests/test_mirror_plans.py holds this.
+            conn.execute(ins + "relist r CROSS JOIN main.files f INDEXED BY files_dir"
+                         f" ON f.tree = ? AND f.dir = r.path WHERE {_NOT_SEEN}",
                          (name,))
-            conn.execute(ins + "gone g JOIN main.files f ON f.tree = ? AND f.dir = g.path", (name,))
-            conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.stale = 1 AND {_NOT_SEEN}", (name,))
+            conn.execute(ins + "gone g CROSS JOIN main.files f INDEXED BY files_dir ON f.tree = ? AND f.dir = g.path",
+                         (name,))
+            conn.execute(ins + f"main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND {_NOT_SEEN}",
+                         (name,))
         conn.execute("COMMIT")
 
     def _compare_checksums(self, source: Source) -> None:
@@ -382,17 +395,43 @@ class TreeWorker:
     # ----------------------------------------------------------------- apply
 
     def apply(self, source: Source, progress: Progress) -> None:
-        """Delete, create directories, fetch in durable batches, then record directories."""
+        """Delete, create directories, fetch in durable batches; :meth:`finish` records the rest.
+
+        The last small batch of each fetch is left unsynced: the engine syncs the
+        replica once for all trees, then calls :meth:`finish` on each.
+        """
         if self.skipped:
             return
         self._delete()
         self._make_dirs()
         self._plan_hard_links()
         self._fetch(source, progress, later=0)
+        if self.unsynced and conn_has_later(self.conn):  # links need their first path recorded
+            assert self.replica is not None
+            self.replica.sync()
+            self._synced([], [], 0)
         self._hard_links()
         self._fetch(source, progress, later=2)
         if self.final and not self.recheck_from_listing:
             self._recheck_metadata(source)
+        if self._big_fetch:
+            # Trees are applied one after the other: give back this one's page cache (its todo of a
+            # first copy is the whole tree) before the next tree's fetch needs the memory. Not after a
+            # small fetch: recording its last batch in finish() wants those pages (0.6 s at 209k files).
+            self.conn.execute("PRAGMA shrink_memory")
+
+    @property
+    def unsynced(self) -> bool:
+        return bool(self._unsynced or self._unsynced_drops)
+
+    def finish(self, *, synced: bool) -> None:
+        """After apply: record what waited for a sync (``synced``: the engine just synced the replica)."""
+        if self.skipped or self.replica is None:
+            return
+        if self.unsynced:
+            if not synced:
+                self.replica.sync()
+            self._synced([], [], 0)
         self._finish_dirs()
 
     def _delete(self) -> None:
@@ -421,9 +460,9 @@ class TreeWorker:
                     self._mark_dirs({split(p) for _, p in dropped})
                 for _, path in dropped:
                     replica.remove(name, path)
-                replica.sync()
-                with st.write(conn):
-                    conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", dropped)
+                # Forgotten by the state with the next batch that is synced anyway (one sync less
+                # per pass); until then their directories are marked stale.
+                self._unsynced_drops.extend(dropped)
         if kept:
             self.report.add(files_kept=kept)
 
@@ -470,7 +509,7 @@ class TreeWorker:
             "UPDATE todo SET later = 1 WHERE id IN (SELECT t.id FROM dup d JOIN todo t ON t.inode = d.inode"
             " AND t.size = d.size AND t.mtime_ns = d.mtime_ns AND t.path <> d.first)")
         conn.execute(
-            f"UPDATE todo SET later = 1 WHERE id IN (SELECT t.id FROM todo t JOIN main.files f"
+            f"UPDATE todo SET later = 1 WHERE id IN (SELECT t.id FROM todo t CROSS JOIN main.files f"
             f" ON f.tree = ? AND f.inode = t.inode AND f.kind = 'f' AND f.stale = 0 AND f.size = t.size"
             f" AND f.mtime_ns = t.mtime_ns AND f.path <> t.path"
             f" WHERE t.kind = 'f' AND t.inode <> 0 AND t.cls = {CLS_PLAIN})", (self.tree.name,))
@@ -546,10 +585,11 @@ class TreeWorker:
                     expected[r[1]] = r
                     yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
 
-        fetcher = Fetcher(name, self.tree.root, replica, report, self._record,
-                          batch_files=self.batch_files, batch_bytes=self.batch_bytes)
+        fetcher = Fetcher(name, self.tree.root, replica, report, self._synced,
+                          batch_files=self.batch_files, batch_bytes=self.batch_bytes, sync_last=False)
         files, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM todo"
                                    " WHERE kind = 'f' AND later = ?", (later,)).fetchone()
+        self._big_fetch = self._big_fetch or helpers.worth_helpers(files, size)
         if self.helpers > 1 and self.helper_source is not None and helpers.worth_helpers(files, size):
             # This process fetches too; the helpers take chunks from the same dispenser.
             spec = helpers.HelperSpec(self.helper_source, os.fsdecode(replica.root), replica.owner, name,
@@ -565,21 +605,33 @@ class TreeWorker:
                 expected[path] = ()
         else:
             fetcher.run(source, progress, wanted(chunks()), expected)
+        if fetcher.unsynced is not None:
+            self._unsynced.append(fetcher.unsynced)
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
             report.warn(f"{show_path(name, path)}: not delivered by the source; retried next pass", count="errors")
         if later == 0:
             self._links()
 
     def _commit(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
-        """The batch's files are in place: sync them, then record them."""
-        if not done and not gone:
-            return
-        assert self.replica is not None
-        self.replica.sync()
-        self._record(done, gone, size)
+        """The batch's files are in place: recorded after the next sync (at the latest :meth:`finish`'s)."""
+        if done or gone:
+            self._unsynced.append((done, gone, size))
+
+    def _synced(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
+        """This process just synced the replica: record ``done``/``gone`` and all that waited for a sync.
+
+        (Only this process's own syncs: a helper's sync may have begun before our writes ended.)
+        """
+        drops, self._unsynced_drops = self._unsynced_drops, []
+        waiting, self._unsynced = self._unsynced, []
+        for w_done, w_gone, w_size in waiting:
+            self._record(w_done, w_gone, w_size)
+        self._record(done, gone + drops, size)
 
     def _record(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """Record a batch of files that are on disk (synced) in one transaction."""
+        if not done and not gone and not size:
+            return
         with st.write(self.conn):
             self.conn.executemany(_UPSERT, done)
             self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
@@ -745,6 +797,11 @@ class ListingDigest:
 
     def value(self) -> tuple[int, int]:
         return self.total, self.count
+
+
+def conn_has_later(conn: sqlite3.Connection) -> bool:
+    """Are files put off to be hard-linked to an earlier path (``todo.later = 1``)?"""
+    return bool(conn.execute("SELECT EXISTS(SELECT 1 FROM todo WHERE later = 1)").fetchone()[0])
 
 
 def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
