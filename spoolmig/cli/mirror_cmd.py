@@ -15,6 +15,10 @@ pass lists only the mailbox directories whose mtime changed and stats only
 the cyrus.* files (message files never change), then fetches what is new,
 re-fetches what changed and deletes what is gone (mirror.delete).
 
+A big fetch (a first copy: 20,000 files or 2 GiB and more) also runs in a
+helper process per additional CPU core (up to 3), each with its own SSH
+connection to the source.
+
 A pass can be killed at any moment (kill -9, lost connection, full disk): the
 next one completes the work. Files that change while they are copied are
 kept and copied again on the next pass (exit status 1 says so).
@@ -63,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--dry-run", action="store_true",
                    help="report what would be fetched and deleted; change nothing, not even the state")
     p.add_argument("--jobs", type=int, metavar="N", default=None,
-                   help="mirror partitions over N parallel connections (default: mirror.jobs, 1)")
+                   help="mirror partitions over N parallel connections (default: mirror.jobs, 1); "
+                        "with N > 1 a big fetch gets no helper processes")
     p.add_argument("--quiet-wait", type=float, metavar="SECONDS", default=2.0,
                    help="--final: seconds between the two listings that must agree (default 2)")
     p.set_defaults(func=run_mirror)

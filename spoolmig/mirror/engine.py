@@ -48,8 +48,8 @@ class Options:
     quiet_wait: float = 2.0
     batch_files: int = 2000
     batch_bytes: int = 64 << 20
-    #: Helper processes for a big fetch when one tree is mirrored at a time (0: none; the CLI
-    #: uses one per core, up to 4). They reconnect from ``cfg.source``, so only for the CLI's sources.
+    #: Processes sharing a big fetch when one tree is mirrored at a time, this one included (0 or 1:
+    #: this one alone; the CLI uses one per core, up to 4). Helpers connect from ``cfg.source``.
     helpers: int = 0
 
     @property
