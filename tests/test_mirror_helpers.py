@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd import Sshd, sshd  # noqa: F401 - the fixture
+from sshd import Sshd, sftp_only_sshd, sshd  # noqa: F401 - the fixtures
 from test_mirror_ssh import ROOT, _ssh_config
 from test_mirror_support import assert_mirrors, assert_state_matches_disk, make_server, temporaries
 
@@ -166,3 +166,33 @@ def test_small_fetches_stay_in_process(setup, monkeypatch: pytest.MonkeyPatch) -
     report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2))
     assert report.exit_code() == 0 and started == []  # a few hundred files: below MIN_FILES
     assert_mirrors(ROOT, cfg)
+
+
+@pytest.mark.usefixtures("small_helpers")
+def test_helpers_work_from_a_local_source(tmp_path: Path) -> None:
+    """A local folder (an offline copy) as source: the helpers open the same folder."""
+    from test_mirror_support import load_config, local_factory
+
+    server = make_server(tmp_path / "old", users=4, messages=200)
+    cfg = load_config(tmp_path, server, tmp_path / "mirror")
+    report = run_pass(cfg, local_factory(cfg), Options(helpers=2, batch_files=5))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+@pytest.mark.usefixtures("small_helpers")
+def test_helpers_work_over_an_sftp_only_account(tmp_path: Path, sftp_only_sshd: Sshd) -> None:  # noqa: F811
+    """No shell on the source: every process falls back to SFTP on its own connection."""
+    server = make_server(tmp_path / "old", users=3, messages=120)
+    for top, dirs, files in os.walk(server.root, topdown=False):  # SFTP carries whole seconds only
+        for name in files + dirs:
+            p = os.path.join(top, name)
+            st = os.lstat(p)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns // 10**9 * 10**9), follow_symlinks=False)
+    cfg = _ssh_config(tmp_path, server, sftp_only_sshd, tmp_path / "mirror")
+    report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2, batch_files=5))
+    assert report.exit_code() == 0, report.warnings
+    assert report.figures["files_new"] > 120
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
