@@ -22,6 +22,7 @@ If a helper dies, the pass fails with a one-line error, the same way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -66,6 +67,8 @@ class HelperSpec:
     root: str
     batch_files: int
     batch_bytes: int
+    #: The level of the parent's "spoolmig" logger (-q/-v), so a helper says no more and no less.
+    log_level: int = logging.WARNING
 
 
 def worth_helpers(files: int, size: int) -> bool:
@@ -296,6 +299,12 @@ def helper_main() -> None:
     out = _Outbox(out_conn)
     try:
         spec = inbox_conn.recv()
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("spoolmig: %(message)s"))
+        logger = logging.getLogger("spoolmig")
+        logger.handlers[:] = [handler]
+        logger.setLevel(spec.log_level)
+        logger.propagate = False
         _helper_fetch(spec, inbox_conn, out)
     except errors.SpoolmigError as error:
         with contextlib.suppress(OSError):

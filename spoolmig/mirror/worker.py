@@ -593,7 +593,8 @@ class TreeWorker:
         if self.helpers > 1 and self.helper_source is not None and helpers.worth_helpers(files, size):
             # This process fetches too; the helpers take chunks from the same dispenser.
             spec = helpers.HelperSpec(self.helper_source, os.fsdecode(replica.root), replica.owner, name,
-                                      self.tree.root, self.batch_files, self.batch_bytes)
+                                      self.tree.root, self.batch_files, self.batch_bytes,
+                                      logging.getLogger("spoolmig").getEffectiveLevel())
             dispenser = helpers.Dispenser(chunks())
             pool = helpers.HelperPool(spec, self.helpers - 1, dispenser, progress, report, self._record)
             try:
