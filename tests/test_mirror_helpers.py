@@ -196,3 +196,11 @@ def test_helpers_work_over_an_sftp_only_account(tmp_path: Path, sftp_only_sshd: 
     assert report.figures["files_new"] > 120
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def test_big_buffers_get_their_own_pages_on_glibc() -> None:
+    """mallopt is found and accepts the fixed threshold (elsewhere than glibc the call is a no-op)."""
+    import platform
+
+    assert platform.libc_ver()[0] == "glibc"  # Debian, where spoolmig runs and is tested
+    assert helpers.map_big_buffers() is True

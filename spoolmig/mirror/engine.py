@@ -23,6 +23,7 @@ from typing import TypeVar
 from spoolmig.config import Config
 from spoolmig.errors import LockedError, MirrorError, SourceNotQuiet
 from spoolmig.mirror import state as st
+from spoolmig.mirror.helpers import map_big_buffers
 from spoolmig.mirror.lock import MirrorLock
 from spoolmig.mirror.replica import Replica, parse_owner
 from spoolmig.mirror.report import PassReport
@@ -166,6 +167,7 @@ def _not_quiet(source: str, tree: Tree, wait: float, before: tuple[int, int], af
 def run_pass(cfg: Config, open_source: Callable[[], Source], options: Options = Options(),
              progress: Progress | None = None) -> PassReport:
     """Run one pass; return its report (the caller turns it into output and an exit code)."""
+    map_big_buffers()  # from the start: the listing's buffers fragment the heap too
     progress = _LockedProgress(progress or NullProgress())
     trees = trees_from_config(cfg)
     mirror = cfg.mirror.path

@@ -75,6 +75,29 @@ def worth_helpers(files: int, size: int) -> bool:
     return files >= MIN_FILES or size >= MIN_BYTES
 
 
+#: glibc's mallopt parameter, and the size from which buffers get pages of their own.
+_M_MMAP_THRESHOLD = -3
+_MAPPED_FROM = 256 << 10
+
+
+def map_big_buffers() -> bool:
+    """Give buffers of 256 KiB and more their own pages, returned to the system when freed.
+
+    glibc raises its mmap threshold each time a mapped buffer is freed, after
+    which the fetch's megabyte buffers come from the heap and fragment it: at
+    209k files each fetching process kept growing, the pair peaking at 156 MiB;
+    with a fixed threshold from the pass's start 147.6 MiB, at the same speed.
+    Only where there is glibc (elsewhere nothing changes; returns False).
+    """
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MAPPED_FROM))
+
+
 class _Helper:
     """The parent's end of one helper process."""
 
@@ -290,6 +313,7 @@ def helper_main() -> None:
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops us by closing our pipe
+    map_big_buffers()
     inbox_conn = Connection(os.dup(0), writable=False)
     out_conn = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # anything printed by accident goes to stderr, not into the message stream
