@@ -558,7 +558,9 @@ class TreeWorker:
         file replaced but not yet recorded still has its old row, which differs
         from the source, so it is fetched again. Every ``batch_files`` files or
         ``batch_bytes`` bytes the written files are synced and recorded in one
-        transaction.
+        transaction; the last, partial batch waits for the pass's one closing sync
+        (:meth:`finish`). A big fetch is shared with helper processes
+        (:mod:`spoolmig.mirror.helpers`).
         """
         conn, name, replica, report = self.conn, self.tree.name, self.replica, self.report
         assert replica is not None
