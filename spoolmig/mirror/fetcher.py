@@ -14,7 +14,7 @@ writes SQLite, a fetch helper process sends the rows to its parent.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -43,6 +43,14 @@ NEW, CHANGED, RECOPY = 1, 2, 3
 Row = tuple[Any, ...]
 #: commit(state rows of the files now durable, (tree, path) of files gone from the source, bytes).
 Commit = Callable[[list[tuple[Any, ...]], list[tuple[str, bytes]], int], None]
+
+
+def wanted_entries(chunks: Iterable[list[Row]], expected: dict[bytes, Row]) -> Iterator[Entry]:
+    """The entries a source is asked for, from chunks of todo rows; each row goes into ``expected`` first."""
+    for rows in chunks:
+        for r in rows:
+            expected[r[1]] = r
+            yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
 
 
 def same_mtime(listed: int, sent: int) -> bool:

@@ -36,11 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import spoolmig
 from spoolmig import errors
-from spoolmig.mirror.fetcher import Fetcher, Row
+from spoolmig.mirror.fetcher import Fetcher, Row, wanted_entries
 from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport
 from spoolmig.progress import Progress
-from spoolmig.transport.base import Entry
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -363,16 +362,14 @@ def _helper_fetch(spec: HelperSpec, inbox_conn: Connection, out: _Outbox) -> Non
         expected: dict[bytes, Row] = {}
         before = dict(report.figures)
 
-        def wanted() -> Iterator[Entry]:
+        def chunks() -> Iterator[list[Row]]:
             out.send(("more",))
             while True:
                 out.send(("more",))  # one chunk ahead: the next is on its way while this one is used
                 chunk = inbox.get()
                 if chunk is None:
                     return
-                for r in chunk:
-                    expected[r[1]] = r
-                    yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
+                yield chunk
 
         def commit(done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
             out.flush()
@@ -380,7 +377,7 @@ def _helper_fetch(spec: HelperSpec, inbox_conn: Connection, out: _Outbox) -> Non
 
         fetcher = Fetcher(spec.tree, spec.root, replica, report, commit,
                           batch_files=spec.batch_files, batch_bytes=spec.batch_bytes)
-        fetcher.run(source, out, wanted(), expected)
+        fetcher.run(source, out, wanted_entries(chunks(), expected), expected)
         out.flush()
         figures = {k: v - before[k] for k, v in report.figures.items() if v != before[k]}
         out.send(("done", list(expected), figures, report.warnings))

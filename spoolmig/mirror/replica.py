@@ -23,7 +23,7 @@ import os
 import pwd
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from spoolmig.errors import ConfigError, MirrorError
 from spoolmig.fileio import TEMP_MARK, atomic_writer, publish_bytes
@@ -226,45 +226,45 @@ class Replica:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return False
-        parent, _, _ = rel.rpartition(b"/")
-        directory = self.ensure_dir(tree, parent)
-        full = self.path(tree, rel)
-        tmp = directory + b"/" + _TEMP + os.urandom(6).hex().encode()
         try:
-            self._clear_dir_in_the_way(full)
-            os.link(src, tmp, follow_symlinks=False)
-            try:
-                os.replace(tmp, full)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            self._swap_in(tree, rel, lambda tmp: os.link(src, tmp, follow_symlinks=False))
         except OSError as error:
             if error.errno in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
                 return False  # cannot link here: fetch it instead
-            raise self._error(full, error) from None
+            raise self._error(self.path(tree, rel), error) from None
         return True
 
     def write_link(self, tree: str, rel: bytes, target: bytes, mtime_ns: int) -> None:
         """Recreate a source symbolic link (target stored as is, never followed)."""
+        def make(tmp: bytes) -> None:
+            os.symlink(target, tmp)
+            os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+            if self.owner:
+                os.lchown(tmp, *self.owner)
+
+        try:
+            self._swap_in(tree, rel, make)
+        except OSError as error:
+            raise self._error(self.path(tree, rel), error) from None
+
+    def _swap_in(self, tree: str, rel: bytes, make: Callable[[bytes], None]) -> None:
+        """Create an entry with ``make(temporary name beside rel)``, then rename it over ``rel``.
+
+        Whatever is in the way as a directory goes first; the temporary never
+        outlives a failure. OSError is the caller's to explain.
+        """
         parent, _, _ = rel.rpartition(b"/")
         directory = self.ensure_dir(tree, parent)
         full = self.path(tree, rel)
         tmp = directory + b"/" + _TEMP + os.urandom(6).hex().encode()
+        self._clear_dir_in_the_way(full)
         try:
-            self._clear_dir_in_the_way(full)
-            os.symlink(target, tmp)
-            try:
-                os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-                if self.owner:
-                    os.lchown(tmp, *self.owner)
-                os.replace(tmp, full)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError as error:
-            raise self._error(full, error) from None
+            make(tmp)
+            os.replace(tmp, full)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def remove(self, tree: str, rel: bytes) -> bool:
         """Delete an entry (a directory with everything below it); False if absent.

@@ -32,7 +32,7 @@ from typing import Any
 
 from spoolmig.mirror import helpers
 from spoolmig.mirror import state as st
-from spoolmig.mirror.fetcher import CHANGED, NEW, RECOPY, Fetcher, same_mtime
+from spoolmig.mirror.fetcher import CHANGED, NEW, RECOPY, Fetcher, same_mtime, wanted_entries
 from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport, show_path
 from spoolmig.mirror.trees import CLS_DIR, CLS_META, CLS_PLAIN, META_GLOBS, META_RE, Tree, check_relpath, split
@@ -406,7 +406,7 @@ class TreeWorker:
         self._make_dirs()
         self._plan_hard_links()
         self._fetch(source, progress, later=0)
-        if self.unsynced and conn_has_later(self.conn):  # links need their first path recorded
+        if self.unsynced and self._has_put_off():  # links need their first path recorded
             assert self.replica is not None
             self.replica.sync()
             self._synced([], [], 0)
@@ -540,7 +540,7 @@ class TreeWorker:
                 else:
                     fetch.append((_id,))
             self.report.add(files_linked=len(done))
-            self._commit(done, [], 0)
+            self._record_after_sync(done, [], 0)
             if fetch:
                 conn.execute("BEGIN")
                 conn.executemany("UPDATE todo SET later = 2 WHERE id = ?", fetch)
@@ -581,18 +581,13 @@ class TreeWorker:
                 last = rows[-1][0]
                 yield rows
 
-        def wanted(source_of_chunks: Iterator[list[tuple[Any, ...]]]) -> Iterator[Entry]:
-            for rows in source_of_chunks:
-                for r in rows:
-                    expected[r[1]] = r
-                    yield Entry(path=r[1], kind="f", size=r[5], mtime_ns=r[6], mode=r[7], inode=r[8])
-
         fetcher = Fetcher(name, self.tree.root, replica, report, self._synced,
                           batch_files=self.batch_files, batch_bytes=self.batch_bytes, sync_last=False)
         files, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM todo"
                                    " WHERE kind = 'f' AND later = ?", (later,)).fetchone()
-        self._big_fetch = self._big_fetch or helpers.worth_helpers(files, size)
-        if self.helpers > 1 and self.helper_source is not None and helpers.worth_helpers(files, size):
+        big = helpers.worth_helpers(files, size)
+        self._big_fetch = self._big_fetch or big
+        if big and self.helpers > 1 and self.helper_source is not None:
             # This process fetches too; the helpers take chunks from the same dispenser.
             spec = helpers.HelperSpec(self.helper_source, os.fsdecode(replica.root), replica.owner, name,
                                       self.tree.root, self.batch_files, self.batch_bytes,
@@ -600,14 +595,14 @@ class TreeWorker:
             dispenser = helpers.Dispenser(chunks())
             pool = helpers.HelperPool(spec, self.helpers - 1, dispenser, progress, report, self._record)
             try:
-                fetcher.run(source, progress, wanted(iter(dispenser.take, None)), expected)
+                fetcher.run(source, progress, wanted_entries(iter(dispenser.take, None), expected), expected)
             except BaseException:
                 pool.abort()
                 raise
             for path in pool.finish():
                 expected[path] = ()
         else:
-            fetcher.run(source, progress, wanted(chunks()), expected)
+            fetcher.run(source, progress, wanted_entries(chunks(), expected), expected)
         if fetcher.unsynced is not None:
             self._unsynced.append(fetcher.unsynced)
         for path in expected:  # neither sent nor reported vanished: stays stale, retried next pass
@@ -615,7 +610,11 @@ class TreeWorker:
         if later == 0:
             self._links()
 
-    def _commit(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
+    def _has_put_off(self) -> bool:
+        """Are files put off to be hard-linked to an earlier path (``todo.later = 1``)?"""
+        return bool(self.conn.execute("SELECT EXISTS(SELECT 1 FROM todo WHERE later = 1)").fetchone()[0])
+
+    def _record_after_sync(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """The batch's files are in place: recorded after the next sync (at the latest :meth:`finish`'s)."""
         if done or gone:
             self._unsynced.append((done, gone, size))
@@ -625,11 +624,11 @@ class TreeWorker:
 
         (Only this process's own syncs: a helper's sync may have begun before our writes ended.)
         """
-        drops, self._unsynced_drops = self._unsynced_drops, []
-        waiting, self._unsynced = self._unsynced, []
-        for w_done, w_gone, w_size in waiting:
-            self._record(w_done, w_gone, w_size)
-        self._record(done, gone + drops, size)
+        gone = gone + self._unsynced_drops
+        for w_done, w_gone, w_size in self._unsynced:
+            done, gone, size = done + w_done, gone + w_gone, size + w_size
+        self._unsynced, self._unsynced_drops = [], []
+        self._record(done, gone, size)
 
     def _record(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """Record a batch of files that are on disk (synced) in one transaction."""
@@ -658,7 +657,7 @@ class TreeWorker:
             for r in chunk:
                 self.replica.write_link(name, r[1], r[9] or b"", r[6])
                 done.append((name, r[1], r[2], "l", r[4], r[5], r[6], r[7], r[8], r[9], 0))
-            self._commit(done, [], 0)
+            self._record_after_sync(done, [], 0)
 
     def _recheck_metadata(self, source: Source | None, listed: dict[bytes, tuple[int, int]] | None = None) -> None:
         """--final: stat the metadata files again after copying them; a change during the read marks them stale.
@@ -800,11 +799,6 @@ class ListingDigest:
 
     def value(self) -> tuple[int, int]:
         return self.total, self.count
-
-
-def conn_has_later(conn: sqlite3.Connection) -> bool:
-    """Are files put off to be hard-linked to an earlier path (``todo.later = 1``)?"""
-    return bool(conn.execute("SELECT EXISTS(SELECT 1 FROM todo WHERE later = 1)").fetchone()[0])
 
 
 def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
