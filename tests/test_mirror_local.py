@@ -93,6 +93,48 @@ def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # no
     assert_state_matches_disk(Path(cfg.mirror.path))
 
 
+@pytest.mark.usefixtures("no_freshness")
+def test_relisted_directories_compare_message_files_by_name(setup) -> None:  # noqa: ANN001
+    """Message files of a changed directory are compared by name: only the new ones are stat'ed."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    delivered = server.deliver(6)
+    server.expunge(3)
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    new = {os.fsencode(_replica_path(server, cfg, d)[1]) for d in delivered if d.exists()}
+    assert {p for _, p in rec.stated} == new
+    assert report.figures["files_new"] == len(new) and report.figures["files_deleted"] == 3
+    assert report.figures["entries_listed"] >= sum(len(os.listdir(d.parent)) for d in delivered if d.exists())
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_a_stale_message_file_in_a_relisted_directory_is_checked_again(setup) -> None:  # noqa: ANN001
+    """A message file the state does not trust (a pass died while writing it) is stat'ed and fetched again."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    delivered = server.deliver(1)[0]
+    victim = sorted(p for p in delivered.parent.iterdir() if p.name.endswith(".") and p != delivered)[0]
+    tree, rel = _replica_path(server, cfg, victim)
+    replica_file = Path(cfg.mirror.path) / tree / rel
+    replica_file.write_bytes(b"half written")
+    with sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite") as conn:
+        assert conn.execute("UPDATE files SET stale = 1 WHERE tree = ? AND path = ?",
+                            (tree, os.fsencode(rel))).rowcount == 1
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    assert {p for _, p in rec.stated} == {os.fsencode(_replica_path(server, cfg, f)[1]) for f in (delivered, victim)}
+    assert replica_file.read_bytes() == victim.read_bytes()
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
 def test_all_kinds_of_change_converge(setup) -> None:  # noqa: ANN001
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))

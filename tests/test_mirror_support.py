@@ -22,7 +22,7 @@ from spoolgen import SyntheticServer
 
 from spoolmig import config
 from spoolmig.fileio import TEMP_MARK
-from spoolmig.transport.base import Entry, Fetched
+from spoolmig.transport.base import Entry, Fetched, Names
 from spoolmig.transport.local import LocalSource
 
 CONFIG_KEEP = {b"mailboxes.db", b"annotations.db", b"quotas.db", b"user", b"domain", b"quota"}
@@ -170,8 +170,8 @@ class Wrapper:
     def walk(self, root: str, **kw: Any) -> Iterator[Entry]:
         return self.inner.walk(root, **kw)
 
-    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
-        return self.inner.list_dirs(root, dirs)
+    def list_dirs(self, root: str, dirs: Iterable[bytes], **kw: Any) -> Iterator[Entry | Names]:
+        return self.inner.list_dirs(root, dirs, **kw)
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
         return self.inner.stat(root, paths)
@@ -196,16 +196,22 @@ class Recording(Wrapper):
         super().__init__(inner)
         self.listed: list[tuple[str, bytes]] = []
         self.fetched: list[tuple[str, bytes]] = []
+        self.stated: list[tuple[str, bytes]] = []
         self.walks: list[tuple[str, bool]] = []
 
     def walk(self, root: str, **kw: Any) -> Iterator[Entry]:
         self.walks.append((root, bool(kw.get("only_dirs_and"))))
         return self.inner.walk(root, **kw)
 
-    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
+    def list_dirs(self, root: str, dirs: Iterable[bytes], **kw: Any) -> Iterator[Entry | Names]:
         dirs = list(dirs)
         self.listed += [(root, d) for d in dirs]
-        return self.inner.list_dirs(root, dirs)
+        return self.inner.list_dirs(root, dirs, **kw)
+
+    def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
+        paths = list(paths)
+        self.stated += [(root, p) for p in paths]
+        return self.inner.stat(root, paths)
 
     def fetch(self, root: str, paths: Iterable[Any]) -> Iterator[Fetched | bytes]:
         paths = list(paths)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from spoolmig.transport.base import Entry, Fetched, Source
+from spoolmig.transport.base import Entry, Fetched, Names, Source
+from spoolmig.transport import _remote
 from spoolmig.transport.local import LocalSource
 from spoolmig.transport.ssh import SshSource
 
@@ -178,6 +179,75 @@ def test_list_dirs(src: tuple[Source, str], tree: Tree) -> None:
     for e in got:
         kind, size, mtime, mode = _expected(tree, e.path, _precise(source))
         assert (e.kind, e.size, e.mtime_ns, e.mode) == (kind, size, mtime, mode)
+
+
+def test_list_dirs_by_name_reports_plain_files_once_per_directory(src: tuple[Source, str], tree: Tree) -> None:
+    """stat_globs: message-like files come by name only, one Names per directory; the rest as Entries."""
+    source, root = src
+    dirs = [b"h/user/" + n for n in HOSTILE] + [b"gone", b"b/user/outdir", b"b/user/bob", b"b", b"h/files"]
+    got = list(source.list_dirs(root, dirs, stat_globs=[b"cyrus.*"]))
+    entries = [g for g in got if isinstance(g, Entry)]
+    blocks = [g for g in got if isinstance(g, Names)]
+    by_name = [p for b in blocks for p in b.paths]
+    assert len({b.dir for b in blocks}) == len(blocks), "one block per directory"
+    for block in blocks:
+        assert all(p.rpartition(b"/")[0] == block.dir for p in block.paths)
+    listed = [e.path for e in entries] + by_name
+    assert len(listed) == len(set(listed)), "nothing twice"
+    expected = set()
+    for d in [b"h/user/" + n for n in HOSTILE] + [b"b/user/bob", b"b", b"h/files"]:
+        expected |= {d + b"/" + n for n in os.listdir(os.path.join(bytes(tree.spool), d))}
+    assert set(listed) == expected, "vanished dirs and symlinked dirs yield nothing"
+    for e in entries:
+        kind, size, mtime, mode = _expected(tree, e.path, _precise(source))
+        assert (e.kind, e.size, e.mtime_ns, e.mode) == (kind, size, mtime, mode)
+    plain = {p for p in expected if os.path.isfile(os.path.join(bytes(tree.spool), p))
+             and not os.path.islink(os.path.join(bytes(tree.spool), p))
+             and not os.path.basename(p).startswith(b"cyrus.")}
+    if _precise(source):  # a shell or a local folder lists them without stat; SFTP stats anyway
+        assert set(by_name) == plain
+        assert b"h/user/new\nline/1." in by_name and b"h/files/-rf" in by_name
+        assert all(os.path.basename(e.path).startswith(b"cyrus.") or e.kind != "f" for e in entries)
+    else:
+        assert not blocks
+    assert {e.path for e in entries if e.kind == "l"} == {b"b/user/bob/evil"}
+    assert {e.path: e.kind for e in entries}[b"b/fifo"] == "o", "not a regular file: not by name"
+    assert b"b/user/bob/cyrus.index" in {e.path for e in entries}
+
+
+def test_list_dirs_by_name_with_no_stat_globs_names_every_regular_file(tmp_path: Path) -> None:
+    spool = tmp_path / ROOT.lstrip("/")
+    (spool / "d").mkdir(parents=True)
+    for name in ("1.", "cyrus.index"):
+        (spool / "d" / name).write_bytes(b"x")
+    got = list(LocalSource(tmp_path).list_dirs(ROOT, [b"d"], stat_globs=[]))
+    assert len(got) == 1 and isinstance(got[0], Names) and got[0].dir == b"d"
+    assert sorted(got[0].paths) == [b"d/1.", b"d/cyrus.index"]
+
+
+def test_name_only_records_group_per_directory_across_chunk_boundaries() -> None:
+    """find lists a directory's entries together: its name-only records become one Names, wherever chunks cut."""
+    def name(p: bytes) -> bytes:
+        return b"n\0\0\0\0\0\0./" + p + b"\0"
+
+    def full(p: bytes, kind: bytes = b"f") -> bytes:
+        return kind + b"\x00644\x0012\x0099\x001700000000.5\x00\x00./" + p + b"\x00"
+
+    raw = (name(b"a/1.") + full(b"a/cyrus.index") + name(b"a/new\nline.") + full(b"a/sub", b"d")
+           + name(b"b/7.") + full(b"c/cyrus.header") + name(b"c/9.") + b"=\x000\x000\x00\x00\x00\x00\x00"
+           + name(b"d/2."))
+    for cut in range(len(raw)):
+        got = list(_remote.parse_records([raw[:cut], raw[cut:]], sections=True))
+        assert got == [
+            Entry(b"a/cyrus.index", "f", 12, 1_700_000_000_500_000_000, 0o644, 99),
+            Entry(b"a/sub", "d", 12, 1_700_000_000_500_000_000, 0o644, 99),
+            Names(b"a", [b"a/1.", b"a/new\nline."]),
+            Names(b"b", [b"b/7."]),
+            Entry(b"c/cyrus.header", "f", 12, 1_700_000_000_500_000_000, 0o644, 99),
+            Names(b"c", [b"c/9."]),
+            (0, 0),
+            Names(b"d", [b"d/2."]),
+        ], cut
 
 
 def test_stat_in_order_with_vanished_as_bare_paths(src: tuple[Source, str], tree: Tree) -> None:

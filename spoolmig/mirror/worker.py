@@ -37,7 +37,7 @@ from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport, show_path
 from spoolmig.mirror.trees import CLS_DIR, CLS_META, CLS_PLAIN, META_GLOBS, META_RE, Tree, check_relpath, split
 from spoolmig.progress import Progress
-from spoolmig.transport.base import Entry, Source
+from spoolmig.transport.base import Entry, Names, Source
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,15 @@ FRESH_CLOCK_WINDOW_NS = 30 * 1_000_000_000
 RELIST_WALK_FRACTION = 0.5
 #: ... and more than this many (below it, listing them is cheap anyway).
 RELIST_WALK_MIN = 100
+#: Most values one ``IN (...)`` list binds (SQLite's limit is 32766 since 3.32; older ones 999).
+_IN_LIMIT = 900
 
 _TEMP_TABLES = """
 DROP TABLE IF EXISTS temp.seen; DROP TABLE IF EXISTS temp.relist; DROP TABLE IF EXISTS temp.gone;
 DROP TABLE IF EXISTS temp.todo; DROP TABLE IF EXISTS temp.dels; DROP TABLE IF EXISTS temp.disk;
 CREATE TEMP TABLE seen(path BLOB PRIMARY KEY, dir BLOB, kind TEXT, cls INTEGER, size INTEGER,
     mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB) WITHOUT ROWID;
-CREATE TEMP TABLE relist(path BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE relist(path BLOB PRIMARY KEY, named INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TEMP TABLE gone(path BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE todo(id INTEGER PRIMARY KEY, path BLOB UNIQUE, dir BLOB, kind TEXT, cls INTEGER,
     size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB, action INTEGER,
@@ -107,6 +109,8 @@ class TreeWorker:
         self.touched: set[bytes] = set()
         self._progress: Progress | None = None
         self._fresh_from: int | None = None
+        #: (path, size) of recorded message files a by-name listing no longer shows (:meth:`_compare_names`).
+        self._gone_plain: list[tuple[bytes, int]] = []
         #: --final: the cheap-listing digest of this pass's walk.
         self.digest: ListingDigest | None = None
         conn.executescript(_TEMP_TABLES)
@@ -229,7 +233,7 @@ class TreeWorker:
         """Incremental listing: entries of changed directories, stats of stale paths."""
         conn, name = self.conn, self.tree.name
         conn.execute(
-            "INSERT INTO relist SELECT s.path FROM seen s LEFT JOIN main.files f"
+            "INSERT INTO relist(path) SELECT s.path FROM seen s LEFT JOIN main.files f"
             " ON f.tree = ? AND f.path = s.path WHERE s.kind = 'd'"
             " AND (f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)", (name,))
         relisted = conn.execute("SELECT count(*) FROM relist").fetchone()[0]
@@ -250,13 +254,58 @@ class TreeWorker:
             if not batch:
                 break
             last = batch[-1]
-            self._load(source.list_dirs(self.tree.root, batch), keep_dirs=True)
+            blocks: list[Names] = []
+            listing = source.list_dirs(self.tree.root, batch, stat_globs=META_GLOBS)
+            self._load(_set_aside(listing, blocks), keep_dirs=True)
+            if blocks:
+                self._compare_names(source, blocks)
         stale = [r[0] for r in conn.execute(
             "SELECT f.path FROM main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND f.kind <> 'd'"
             " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path)"
             " AND (f.dir IS NULL OR f.dir NOT IN (SELECT path FROM relist))", (name,))]
         if stale:
             self._load(source.stat(self.tree.root, stale), keep_dirs=True)
+
+    def _compare_names(self, source: Source, blocks: list[Names]) -> None:
+        """Message files listed by name only: sets compared, only new names stat'ed.
+
+        A message file never changes once written (the trust of every
+        incremental pass), so a name the state records, not stale, is the same
+        file: nothing to do, not even a row in ``seen``. A new name (or a stale
+        or unknown one) is stat'ed and loaded like any listed entry. A recorded
+        name no longer listed is gone (:meth:`_diff`). The directories are
+        marked ``named`` so the diff's per-directory deletion check leaves
+        their recorded message files to this comparison.
+        """
+        conn, name = self.conn, self.tree.name
+        dirs = [b.dir for b in blocks]
+        known: dict[bytes, int] = {}
+        for i in range(0, len(dirs), _IN_LIMIT):
+            part = dirs[i:i + _IN_LIMIT]
+            known.update(conn.execute(
+                f"SELECT path, size FROM main.files INDEXED BY files_dir WHERE tree = ? AND dir IN"
+                f" ({','.join('?' * len(part))}) AND kind = 'f' AND cls = {CLS_PLAIN} AND stale = 0",
+                (name, *part)).fetchall())
+        listed: set[bytes] = set()
+        for block in blocks:
+            listed.update(block.paths)
+        self._gone_plain.extend((p, known[p]) for p in known.keys() - listed)
+        conn.execute("BEGIN")
+        conn.executemany("UPDATE relist SET named = 1 WHERE path = ?", [(d,) for d in dirs])
+        conn.execute("COMMIT")
+        new = []
+        for path in sorted(listed - known.keys()):
+            problem = check_relpath(path)
+            if problem:
+                self.report.warn(f"{show_path(name, path)}: skipped: the name {problem}", count="errors")
+            else:
+                new.append(path)
+        known_listed = len(listed) - len(new)  # the new ones count when loaded
+        if self._progress is not None:
+            self._progress.advance(known_listed)
+        self.report.add(entries_listed=known_listed)
+        if new:
+            self._load(source.stat(self.tree.root, new), keep_dirs=True)
 
     def reconcile(self) -> None:
         """--full/--final: compare the replica on disk with the state (local work; once, before listing)."""
@@ -318,8 +367,12 @@ class TreeWorker:
             # planner walks every file of the tree (130 ms of a 1.3 s no-change pass at 209k files), or
             # once per directory (5 s for 200 directories). tests/test_mirror_plans.py holds this.
             conn.execute(ins + "relist r CROSS JOIN main.files f INDEXED BY files_dir"
-                         f" ON f.tree = ? AND f.dir = r.path WHERE {_NOT_SEEN}",
+                         f" ON f.tree = ? AND f.dir = r.path WHERE {_NOT_SEEN}"
+                         f" AND NOT (r.named AND f.kind = 'f' AND f.cls = {CLS_PLAIN} AND f.stale = 0)",
                          (name,))
+            # Recorded message files of directories listed by name that are no longer there.
+            conn.executemany("INSERT OR IGNORE INTO dels SELECT ?1, 'f', ?2"
+                             " WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = ?1)", self._gone_plain)
             conn.execute(ins + "gone g CROSS JOIN main.files f INDEXED BY files_dir ON f.tree = ? AND f.dir = g.path",
                          (name,))
             conn.execute(ins + f"main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND {_NOT_SEEN}",
@@ -804,6 +857,15 @@ class ListingDigest:
 def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
     """``(root, only_dirs_and, prune)`` of the walk :func:`source_digest` makes."""
     return tree.root, tuple(META_GLOBS) if tree.cheap else (), tuple(tree.prune)
+
+
+def _set_aside(listing: Iterable[Entry | Names], blocks: list[Names]) -> Iterator[Entry]:
+    """The Entries of a listing; its Names blocks go to ``blocks``."""
+    for value in listing:
+        if isinstance(value, Names):
+            blocks.append(value)
+        else:
+            yield value
 
 
 def prepare_walks(source: Source, walks: list[tuple[str, tuple[bytes, ...], tuple[bytes, ...]]]) -> None:

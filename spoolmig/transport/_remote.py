@@ -19,7 +19,7 @@ import shlex
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from spoolmig.transport.base import Entry, Kind
+from spoolmig.transport.base import Entry, Kind, Names
 
 #: type, permission bits (octal), size, inode, mtime (seconds.fraction), link target, path.
 FIND_FORMAT = r"%y\0%m\0%s\0%i\0%T@\0%l\0%p\0"
@@ -95,6 +95,10 @@ def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[byte
 
 #: Type field of the record that ends one tree's section in :func:`walks_command`'s output.
 SECTION_END = b"="
+#: Type field of a name-only record: a regular file listed without stat (:func:`list_command`).
+NAME_ONLY = b"n"
+#: A name-only record: seven fields like :data:`FIND_FORMAT`, only type and path filled in.
+NAME_FORMAT = r"n\0\0\0\0\0\0%p\0"
 
 
 def walks_command(walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]], probe: bool = False) -> str:
@@ -147,9 +151,19 @@ def stat_command(root: str, check_bytes: int | None = None) -> str:
                 + _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'"))
 
 
-def list_command(root: str, check_bytes: int | None = None) -> str:
+def list_command(root: str, check_bytes: int | None = None, stat_globs: Iterable[bytes] | None = None) -> str:
+    """The entries inside each listed directory; with ``stat_globs``, other regular files by name only.
+
+    A name-only record (:data:`NAME_FORMAT`) needs no stat on the source:
+    ``-type`` comes from ``d_type``, ``-name`` and ``%p`` from the directory.
+    """
+    expr = f"-printf '{FIND_FORMAT}'"
+    if stat_globs is not None:
+        globs = " -o ".join("-name " + shlex.quote(g.decode("utf-8", "surrogateescape")) for g in stat_globs)
+        plain = f"-type f ! \\( {globs} \\)" if globs else "-type f"
+        expr = f"\\( {plain} -printf '{NAME_FORMAT}' \\) -o " + expr
     return wrap(enter(root) + checked(check_bytes)
-                + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'"))
+                + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 {expr}"))
 
 
 def not_dirs_command(root: str) -> str:
@@ -223,22 +237,42 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
     """Turn the byte stream of :data:`FIND_FORMAT` records into Entries as they arrive.
 
     With ``sections``, a :data:`SECTION_END` record yields ``(index, status)``.
+    Name-only records (:data:`NAME_ONLY`) of one directory come together as one
+    :class:`Names`, once a record of another directory (or the end) shows that
+    directory is done: ``find`` lists a directory's entries together.
     """
     rest = b""
     fields: list[bytes] = []
+    names: list[bytes] = []
+    names_dir = b""
     for chunk in chunks:
         parts = (rest + chunk).split(b"\0")
         rest = parts.pop()
         fields.extend(parts)
         n = len(fields) - len(fields) % FIELDS
         for i in range(0, n, FIELDS):
-            if sections and fields[i] == SECTION_END:
+            kind = fields[i]
+            if kind == NAME_ONLY:
+                path = strip_dot(fields[i + 6])
+                parent = path.rpartition(b"/")[0]
+                if parent != names_dir and names:
+                    yield Names(names_dir, names)
+                    names = []
+                names_dir = parent
+                names.append(path)
+                continue
+            if names and (kind == SECTION_END or strip_dot(fields[i + 6]).rpartition(b"/")[0] != names_dir):
+                yield Names(names_dir, names)
+                names = []
+            if sections and kind == SECTION_END:
                 yield int(fields[i + 2]), int(fields[i + 1])
                 continue
             yield record_entry(fields[i:i + FIELDS])
         del fields[:n]
     if rest or fields:
         raise ValueError("listing ended in the middle of a record")
+    if names:
+        yield Names(names_dir, names)
 
 
 def record_entry(f: list[bytes]) -> Entry:

@@ -52,6 +52,20 @@ class Entry:
     link: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Regular files of one directory, listed by name only (see :meth:`Source.list_dirs`).
+
+    A directory's message files never change once written, so an incremental
+    pass only needs their names to find new and expunged ones: no stat on the
+    source, and the caller compares whole sets instead of one entry at a time.
+    """
+
+    dir: bytes
+    #: Paths relative to the root (``dir/name``), in listing order.
+    paths: list[bytes]
+
+
 @dataclass(slots=True)
 class Fetched:
     """One file's content as it streams in from :meth:`Source.fetch`.
@@ -87,10 +101,16 @@ class Source(Protocol):
         nothing.
         """
 
-    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
+    def list_dirs(
+        self, root: str, dirs: Iterable[bytes], *, stat_globs: Iterable[bytes] | None = None
+    ) -> Iterator[Entry | Names]:
         """Stream the entries directly inside each of ``dirs`` (not recursive).
 
-        A directory that vanished on the source yields nothing.
+        With ``stat_globs``, a regular file whose base name matches none of
+        these globs may come by name only: all such files of a directory in one
+        :class:`Names`, after that directory's other entries. A source that
+        stats anyway (SFTP) may send Entries for them instead; callers take
+        both. A directory that vanished on the source yields nothing.
         """
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 from spoolmig.errors import TransportError
 from spoolmig.transport._common import check_relpath, check_root, entry_from_stat, glob_matcher, join
-from spoolmig.transport.base import Entry, Fetched
+from spoolmig.transport.base import Entry, Fetched, Names
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO that a hostile source planted must not hang us.
@@ -29,6 +29,14 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 _MAX_SYMLINKS = 40
 _CHUNK = 1 << 20
+
+
+def _plain_file(de: os.DirEntry[str]) -> bool:
+    """Is this a regular file, by the directory's own type field (no stat)?"""
+    try:
+        return de.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 class LocalSource:
@@ -181,7 +189,10 @@ class LocalSource:
                     if entry is not None:
                         yield entry
 
-    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
+    def list_dirs(
+        self, root: str, dirs: Iterable[bytes], *, stat_globs: Iterable[bytes] | None = None
+    ) -> Iterator[Entry | Names]:
+        stat_match = None if stat_globs is None else (glob_matcher(stat_globs) or (lambda name: False))
         rootfd = self._open_root(root)
         try:
             for rel in dirs:
@@ -193,15 +204,22 @@ class LocalSource:
                     continue
                 try:
                     try:
-                        names = [os.fsencode(de.name) for de in os.scandir(fd)]
+                        listed = [(os.fsencode(de.name), stat_match is not None and _plain_file(de))
+                                  for de in os.scandir(fd)]
                     except OSError as error:
                         if error.errno in _VANISHED:
                             continue
                         raise self._error(rel, error) from None
-                    for name in names:
+                    names = []
+                    for name, plain in listed:
+                        if plain and not stat_match(name):  # type: ignore[misc]
+                            names.append(join(rel, name))
+                            continue
                         entry = self._entry(fd, name, join(rel, name))
                         if entry is not None:
                             yield entry
+                    if names:
+                        yield Names(rel, names)
                 finally:
                     os.close(fd)
         finally:

@@ -23,6 +23,7 @@ The only module that imports paramiko. Why it is shaped this way:
 from __future__ import annotations
 
 import base64
+import functools
 import getpass
 import hashlib
 import itertools
@@ -56,7 +57,7 @@ from spoolmig.transport import _remote
 from spoolmig.transport._fifo import ByteFifo
 from spoolmig.transport._common import check_relpath, check_root, glob_matcher, join, kind_of
 from spoolmig.transport._tar import TarFormatError, TarStream
-from spoolmig.transport.base import Entry, Fetched
+from spoolmig.transport.base import Entry, Fetched, Names
 
 if TYPE_CHECKING:
     from spoolmig.config import SourceConfig
@@ -811,26 +812,29 @@ class SshSource:
         finally:
             _quiet_close(chan)
 
-    def list_dirs(self, root: str, dirs: Iterable[bytes]) -> Iterator[Entry]:
+    def list_dirs(
+        self, root: str, dirs: Iterable[bytes], *, stat_globs: Iterable[bytes] | None = None
+    ) -> Iterator[Entry | Names]:
         root = check_root(root)
         conn = self._live()
-        if not conn.shell:
+        if not conn.shell:  # SFTP reads every entry's attributes anyway: all come as Entries
             yield from self._sftp_items(dirs, lambda c, d: self._sftp_list(c, root, d), root, lambda d: [])
             return
+        globs = None if stat_globs is None else tuple(stat_globs)
 
-        def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry]]:
+        def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry | Names]]:
             index = {d: i for i, d in enumerate(batch)}
-            for entry in self._stream(chan, f"listing in {root}"):
-                parent = entry.path.rpartition(b"/")[0]
+            for value in self._stream(chan, f"listing in {root}"):
+                parent = value.dir if isinstance(value, Names) else value.path.rpartition(b"/")[0]
                 if parent in index:
-                    yield index[parent], entry
+                    yield index[parent], value
 
         yield from self._drive(
             self._batches(dirs, lambda d: d),
-            self._start(_remote.list_command, root),
-            parse, key=lambda e: e.path)
+            self._start(functools.partial(_remote.list_command, stat_globs=globs), root),
+            parse, key=lambda v: b"\0" + v.dir if isinstance(v, Names) else v.path)  # NUL: never in a path
 
-    def _stream(self, chan: paramiko.Channel, what: str) -> Iterator[Entry]:
+    def _stream(self, chan: paramiko.Channel, what: str) -> Iterator[Entry | Names]:
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
         try:
