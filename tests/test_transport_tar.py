@@ -5,26 +5,68 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from spoolmig.transport import _remote
-from spoolmig.transport._tar import OFFSETS, USTAR_HEADER, TarFormatError, TarStream
+from spoolmig.transport._tar import OFFSETS, TarFormatError, TarStream, header_sum, ustar_header
 
 
 def test_hot_loop_offsets_match_the_documented_layout() -> None:
     start = 0
     layout = {}
-    for sub in USTAR_HEADER.subcons:
+    for sub in ustar_header().subcons:
         size = sub.sizeof()
         layout[sub.name] = (start, start + size)
         start += size
     assert start == 512
     for name, span in OFFSETS.items():
         assert layout[name] == span, name
+
+
+@given(st.binary(min_size=512, max_size=512))
+@example(b"\xff" * 512)  # 130560: past 65521 twice, so a sum modulo 65521 would be wrong
+@example(b"\x00" * 512)
+@example(b"\xff" * 148 + b"\x00" * 8 + b"\xff" * 356)
+def test_header_sum_is_the_exact_byte_sum(block: bytes) -> None:
+    assert header_sum(block) == sum(block) - sum(block[148:156]) + 8 * ord(" ")
+
+
+def test_header_with_high_bytes_is_accepted_and_a_near_miss_refused() -> None:
+    """A header whose byte sum is far beyond 65521 (names of 0xff bytes) checks out exactly."""
+    block = bytearray(512)
+    block[0:100] = b"\xff" * 100
+    block[100:108] = b"0000600\0"[:8]
+    block[124:136] = b"00000000000\0"
+    block[136:148] = b"14000000000\0"
+    block[156:157] = b"0"
+    block[157:257] = b"\xff" * 100
+    block[257:263] = b"ustar\0"
+    block[345:500] = b"\xfe" * 155
+    total = sum(block) + 256
+    assert total > 65521
+    for stored, ok in ((total, True), (total - 65521, False), (total + 1, False)):
+        block[148:156] = b"%07o\0" % stored
+        stream = TarStream(io.BytesIO(bytes(block) + bytes(1024)).read)
+        if ok:
+            member = stream.next()
+            assert member is not None and member.path == b"\xfe" * 155 + b"/" + b"\xff" * 100
+            assert stream.next() is None
+        else:
+            with pytest.raises(TarFormatError, match="checksum"):
+                stream.next()
+
+
+def test_importing_the_ssh_transport_does_not_import_construct() -> None:
+    """construct costs ~23 ms of every `spoolmig mirror` start (cron); the layout is built on demand."""
+    out = subprocess.run([sys.executable, "-c", "import sys, spoolmig.transport.ssh; "
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'construct'))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 NAMES = [b"a b", b"new\nline", b"back\\slash", b"\xff\xfe", b"-rf", b"x" * 150, b"empty"]
