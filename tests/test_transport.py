@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from spoolmig.transport.base import Entry, Fetched, Names, Source
 from spoolmig.transport import _remote
@@ -248,6 +250,15 @@ def test_name_only_records_group_per_directory_across_chunk_boundaries() -> None
             (0, 0),
             Names(b"d", [b"d/2."]),
         ], cut
+
+
+@given(hst.integers(min_value=-(2**33), max_value=2**40), hst.text("0123456789", max_size=12))
+def test_listing_times_are_exact_in_every_form(seconds: int, fraction: str) -> None:
+    """The walk's inlined %T@ conversion agrees with parse_time_ns (exact) for every fraction length."""
+    text = f"{seconds}.{fraction}".encode() if fraction else str(seconds).encode()
+    record = b"f\x00644\x001\x002\x00" + text + b"\x00\x00./x\x00"
+    (entry,) = _remote.parse_records([record])
+    assert entry.mtime_ns == _remote.parse_time_ns(text)
 
 
 def test_stat_in_order_with_vanished_as_bare_paths(src: tuple[Source, str], tree: Tree) -> None:

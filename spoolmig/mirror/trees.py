@@ -71,7 +71,7 @@ def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[bytes] | None:
 
 def check_relpath(path: bytes) -> str | None:
     """Why ``path`` (from source data) must not be used, or None when it is safe."""
-    if path == b"" or not _SUSPECT.search(path):  # one regex for the usual, clean path
+    if path == b"" or not SUSPECT_PATH.search(path):  # one regex for the usual, clean path
         return None
     if b"\0" in path:
         return "contains a NUL byte"
@@ -87,7 +87,7 @@ def check_relpath(path: bytes) -> str | None:
 
 #: Anything the checks below could object to: NUL, leading "/", an empty, "." or ".." component,
 #: a component starting like a spoolmig temporary.
-_SUSPECT = re.compile(rb"\0|^/|(?:^|/)\.{0,2}(?:/|\Z)|(?:^|/)" + re.escape(_TEMP))
+SUSPECT_PATH = re.compile(rb"\0|^/|(?:^|/)\.{0,2}(?:/|\Z)|(?:^|/)" + re.escape(_TEMP))
 
 
 def split(path: bytes) -> bytes | None:

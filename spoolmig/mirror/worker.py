@@ -35,7 +35,17 @@ from spoolmig.mirror import state as st
 from spoolmig.mirror.fetcher import CHANGED, NEW, RECOPY, Fetcher, same_mtime, wanted_entries
 from spoolmig.mirror.replica import Replica
 from spoolmig.mirror.report import PassReport, show_path
-from spoolmig.mirror.trees import CLS_DIR, CLS_META, CLS_PLAIN, META_GLOBS, META_RE, Tree, check_relpath, split
+from spoolmig.mirror.trees import (
+    CLS_DIR,
+    CLS_META,
+    CLS_PLAIN,
+    META_GLOBS,
+    META_RE,
+    SUSPECT_PATH,
+    Tree,
+    check_relpath,
+    split,
+)
 from spoolmig.progress import Progress
 from spoolmig.transport.base import Entry, Names, Source
 
@@ -183,23 +193,29 @@ class TreeWorker:
         return (newest // 1_000_000_000 - 1) * 1_000_000_000
 
     def _rows(self, entries: Iterable[Entry | bytes]) -> Iterable[tuple[Any, ...]]:
+        """``seen`` rows of the acceptable entries (a hot loop: one pass per listed entry, inlined)."""
         tree, report = self.tree, self.report
+        suspect = SUSPECT_PATH.search
+        filtered = tree.include is not None or tree.exclude is not None
+        all_meta, meta = tree.all_meta, META_RE.match
         for e in entries:
             if isinstance(e, bytes):
                 continue  # vanished (from stat)
-            path = e.path
-            problem = check_relpath(path)
-            if problem:
-                report.warn(f"{show_path(tree.name, path)}: skipped: the name {problem}", count="errors")
-                continue
-            if e.kind == "o":
+            path, kind, size, mtime_ns, mode, inode, link = e
+            if path and suspect(path):
+                problem = check_relpath(path)
+                if problem:
+                    report.warn(f"{show_path(tree.name, path)}: skipped: the name {problem}", count="errors")
+                    continue
+            if kind == "o":
                 report.warn(f"{show_path(tree.name, path)}: skipped: not a file, directory or symlink",
                             count="skipped")
                 continue
-            if not tree.accepts(path):
+            if filtered and not tree.accepts(path):
                 continue
-            yield (path, split(path), e.kind, tree.classify(path, e.kind), e.size, e.mtime_ns,
-                   e.mode & 0o7777, e.inode, e.link)
+            head, slash, base = path.rpartition(b"/")
+            cls = CLS_DIR if kind == "d" else CLS_META if all_meta or meta(base) else CLS_PLAIN  # = Tree.classify
+            yield (path, head if path else None, kind, cls, size, mtime_ns, mode & 0o7777, inode, link)
 
     def _load(self, entries: Iterable[Entry | bytes], *, keep_dirs: bool = False) -> int:
         """Insert entries into ``seen``; with ``keep_dirs`` an already seen directory keeps its row."""

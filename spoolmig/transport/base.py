@@ -32,15 +32,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 #: f = regular file, d = directory, l = symbolic link, o = anything else.
 Kind = Literal["f", "d", "l", "o"]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One file system entry as the source saw it (lstat: links are not followed)."""
+class Entry(NamedTuple):
+    """One file system entry as the source saw it (lstat: links are not followed).
+
+    A named tuple, not a dataclass: a listing makes one per entry (209k for a
+    big spool's walk), and a frozen dataclass costs ~1.5 us to build, a tuple
+    ~0.3 us.
+    """
 
     path: bytes
     kind: Kind

@@ -170,7 +170,7 @@ class _Combined:
     def section(self, index: int, what: str) -> Iterator[Entry]:
         try:
             for record in self.records:
-                if isinstance(record, tuple):
+                if not isinstance(record, (Entry, Names)):  # (index, status): a section ends
                     self.pos += 1
                     done, status = record
                     if done == index:
