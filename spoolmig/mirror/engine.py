@@ -23,7 +23,7 @@ from typing import TypeVar
 from spoolmig.config import Config
 from spoolmig.errors import LockedError, MirrorError, SourceNotQuiet
 from spoolmig.mirror import state as st
-from spoolmig.mirror.helpers import map_big_buffers
+from spoolmig.mirror.helpers import fewer_collections, map_big_buffers
 from spoolmig.mirror.lock import MirrorLock
 from spoolmig.mirror.replica import Replica, parse_owner
 from spoolmig.mirror.report import PassReport
@@ -239,7 +239,8 @@ def _run(cfg: Config, trees: list[Tree], conn, replica: Replica | None, state_fi
                 for w in workers:
                     w.helpers, w.helper_source = options.helpers, cfg.source
             try:
-                _phases(workers, pool, options, progress, report, digests, quiet_until)
+                with fewer_collections():  # set up, source connected: what lives now lives to the end
+                    _phases(workers, pool, options, progress, report, digests, quiet_until)
             finally:
                 for w in workers[1:]:
                     w.conn.close()
