@@ -23,6 +23,7 @@ expunged; only ``cyrus.*`` files change in place):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -333,20 +334,8 @@ class TreeWorker:
         """--full/--final trust nothing: what is on disk but differs from the state becomes stale."""
         assert self.replica is not None
         conn, tree = self.conn, self.tree
-        rows: list[tuple[Any, ...]] = []
         t0 = time.monotonic()
-
-        def flush() -> None:
-            conn.execute("BEGIN")
-            conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
-            conn.execute("COMMIT")
-            rows.clear()
-
-        for row in self.replica.walk(tree.name):
-            rows.append(row)
-            if len(rows) >= CHUNK:
-                flush()
-        flush()
+        self._load_disk()
         matches = """EXISTS (SELECT 1 FROM disk d WHERE d.path = f.path AND d.kind = f.kind AND (f.kind = 'd'
             OR (f.kind = 'l' AND d.link IS f.link)
             OR (f.kind = 'f' AND d.size = f.size AND d.mtime_ns = f.mtime_ns AND d.mode = f.mode)))"""
@@ -358,6 +347,16 @@ class TreeWorker:
                          (tree.name,))
             conn.executemany(_MARK_STALE, unknown)
         self.report.add(verify_seconds=time.monotonic() - t0)
+
+    def _load_disk(self) -> None:
+        """The replica tree as it is on disk, into ``disk`` (one transaction per chunk, not per row)."""
+        assert self.replica is not None
+        conn = self.conn
+        walk = self.replica.walk(self.tree.name)
+        while rows := list(itertools.islice(walk, CHUNK)):
+            conn.execute("BEGIN")
+            conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
+            conn.execute("COMMIT")
 
     def _diff(self) -> None:
         conn, name = self.conn, self.tree.name
@@ -809,13 +808,7 @@ class TreeWorker:
             return 0, 0
         t0 = time.monotonic()
         conn.execute("DELETE FROM disk")
-        rows: list[tuple[Any, ...]] = []
-        for row in self.replica.walk(name):
-            rows.append(row)
-            if len(rows) >= CHUNK:
-                conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
-                rows.clear()
-        conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
+        self._load_disk()
         for (path,) in conn.execute(
                 "SELECT s.path FROM seen s WHERE NOT EXISTS (SELECT 1 FROM disk d WHERE d.path = s.path"
                 " AND d.kind = s.kind) ORDER BY s.path"):
