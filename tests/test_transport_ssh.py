@@ -127,6 +127,21 @@ def test_aes_gcm_is_chosen_when_the_server_offers_it(up: Sshd) -> None:
         source.close()
 
 
+def test_the_connection_sends_small_messages_at_once(up: Sshd) -> None:
+    """TCP_NODELAY: a remote command's small messages do not wait for delayed ACKs (~40 ms each command)."""
+    import socket
+
+    source = _source(up)
+    try:
+        sock = source._live().transport.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        reconnected = source._connect()  # every connection, not only the first
+        assert reconnected.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        reconnected.transport.close()
+    finally:
+        source.close()
+
+
 def test_nothing_listening_is_a_clean_transport_error(up: Sshd) -> None:
     import socket
 

@@ -265,6 +265,9 @@ class SshSource:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as error:
             raise _Lost(f"{where}: cannot connect: {error.strerror or error}") from None
+        # Every remote command is a few small messages each way (channel open, exec, EOF, status,
+        # close): with Nagle's algorithm on, each waits for the peer's delayed ACK (~40 ms per command).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock, default_window_size=_WINDOW, default_max_packet_size=_MAX_PACKET)
         try:
             transport.banner_timeout = self.connect_timeout
