@@ -135,6 +135,34 @@ def test_a_stale_message_file_in_a_relisted_directory_is_checked_again(setup) ->
     assert_state_matches_disk(Path(cfg.mirror.path))
 
 
+@pytest.mark.usefixtures("no_freshness")
+def test_a_renamed_mailbox_is_linked_not_fetched_again(setup) -> None:  # noqa: ANN001
+    """A rename keeps the message files' inodes: the replica links them at the new place, then drops the old."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    leaves = [n for n in sorted(server.mailboxes) if not any(o.startswith(n + ".") for o in server.mailboxes)]
+    name = max(leaves, key=lambda n: len(server.mailboxes[n].uids))
+    mbox = server.mailboxes[name]
+    messages = len(mbox.uids)
+    assert messages >= 2
+    old_tree, old_rel = _replica_path(server, cfg, server.mailbox_dir(mbox))
+    server.rename_mailbox(name, "user.renamed")
+    new_dir = server.mailbox_dir(server.mailboxes["user.renamed"])
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    fetched = {p for _, p in rec.fetched}
+    tree, rel = _replica_path(server, cfg, new_dir)
+    assert not any(p.startswith(os.fsencode(rel) + b"/") and p.endswith(b".") for p in fetched), \
+        "no message of the renamed mailbox is fetched again"
+    assert report.figures["files_linked"] == messages
+    assert not (Path(cfg.mirror.path) / old_tree / old_rel).exists()
+    for uid in mbox.uids:
+        assert (Path(cfg.mirror.path) / tree / rel / f"{uid}.").stat().st_nlink == 1, "the old path is gone"
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
 def test_all_kinds_of_change_converge(setup) -> None:  # noqa: ANN001
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))

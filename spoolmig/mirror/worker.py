@@ -120,6 +120,8 @@ class TreeWorker:
         self.touched: set[bytes] = set()
         self._progress: Progress | None = None
         self._fresh_from: int | None = None
+        #: ``dels`` rows (path, kind, replaced) deleted only after the hard links (:meth:`_delete`).
+        self._put_off_dels: list[tuple[bytes, str, int]] = []
         #: (path, size) of recorded message files a by-name listing no longer shows (:meth:`_compare_names`).
         self._gone_plain: list[tuple[bytes, int]] = []
         #: --final: the cheap-listing digest of this pass's walk.
@@ -470,15 +472,16 @@ class TreeWorker:
         """
         if self.skipped:
             return
+        self._plan_hard_links()
         self._delete()
         self._make_dirs()
-        self._plan_hard_links()
         self._fetch(source, progress, later=0)
         if self.unsynced and self._has_put_off():  # links need their first path recorded
             assert self.replica is not None
             self.replica.sync()
             self._synced([], [], 0)
         self._hard_links()
+        self._delete_put_off()
         self._fetch(source, progress, later=2)
         if self.final and not self.recheck_from_listing:
             self._recheck_metadata(source)
@@ -503,9 +506,20 @@ class TreeWorker:
         self._finish_dirs()
 
     def _delete(self) -> None:
-        assert self.replica is not None
-        conn, name, replica = self.conn, self.tree.name, self.replica
-        kept = 0
+        """Delete what is gone from the source, except what a new path may still be linked from.
+
+        A mailbox renamed on the source keeps its message files' inodes: the
+        new paths are put off to be linked to the old ones (:meth:`_plan_hard_links`).
+        So the old files, and the directories that hold them, are deleted only
+        after :meth:`_hard_links` (:meth:`_delete_put_off`): a rename costs a
+        link per message here instead of fetching the mailbox again.
+        """
+        conn = self.conn
+        sources = {r[0] for r in conn.execute(
+            "SELECT d.path FROM dels d CROSS JOIN main.files f ON f.tree = ? AND f.path = d.path"
+            " WHERE d.kind = 'f' AND f.kind = 'f' AND f.inode <> 0 AND EXISTS (SELECT 1 FROM todo t"
+            " WHERE t.inode = f.inode AND t.size = f.size AND t.mtime_ns = f.mtime_ns AND t.later = 1)",
+            (self.tree.name,))}
         last = None
         while True:
             rows = conn.execute(
@@ -514,23 +528,43 @@ class TreeWorker:
             if not rows:
                 break
             last = rows[-1][0]
-            dropped = []
-            for path, _kind, replaced in rows:
-                if self.delete or replaced or not replica.exists(name, path):
-                    dropped.append((name, path))
-                    parent = split(path)
-                    if parent is not None:
-                        self.touched.add(parent)
+            now = []
+            for row in rows:
+                path, kind, replaced = row
+                if sources and not replaced and (kind == "d" or path in sources):
+                    self._put_off_dels.append(row)
                 else:
-                    kept += 1
-            if dropped:
-                with st.write(conn):
-                    self._mark_dirs({split(p) for _, p in dropped})
-                for _, path in dropped:
-                    replica.remove(name, path)
-                # Forgotten by the state with the next batch that is synced anyway (one sync less
-                # per pass); until then their directories are marked stale.
-                self._unsynced_drops.extend(dropped)
+                    now.append(row)
+            self._drop(now)
+
+    def _delete_put_off(self) -> None:
+        """The deletions :meth:`_delete` kept for after the links (children before their directories)."""
+        rows, self._put_off_dels = self._put_off_dels, []
+        for i in range(0, len(rows), CHUNK):
+            self._drop(rows[i:i + CHUNK])
+
+    def _drop(self, rows: list[tuple[bytes, str, int]]) -> None:
+        """Delete these ``dels`` rows (path, kind, replaced) from the replica; forgotten with the next sync."""
+        assert self.replica is not None
+        conn, name, replica = self.conn, self.tree.name, self.replica
+        kept = 0
+        dropped = []
+        for path, _kind, replaced in rows:
+            if self.delete or replaced or not replica.exists(name, path):
+                dropped.append((name, path))
+                parent = split(path)
+                if parent is not None:
+                    self.touched.add(parent)
+            else:
+                kept += 1
+        if dropped:
+            with st.write(conn):
+                self._mark_dirs({split(p) for _, p in dropped})
+            for _, path in dropped:
+                replica.remove(name, path)
+            # Forgotten by the state with the next batch that is synced anyway (one sync less
+            # per pass); until then their directories are marked stale.
+            self._unsynced_drops.extend(dropped)
         if kept:
             self.report.add(files_kept=kept)
 
