@@ -163,6 +163,34 @@ def test_a_renamed_mailbox_is_linked_not_fetched_again(setup) -> None:  # noqa: 
     assert_state_matches_disk(Path(cfg.mirror.path))
 
 
+def test_replica_totals_are_counted_unless_a_complete_pass_left_them(setup) -> None:  # noqa: ANN001
+    """A pass that records nothing takes the totals the complete pass before it counted; otherwise it counts."""
+    server, cfg = setup
+    state = Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite"
+
+    def counted() -> tuple[int, int]:
+        with sqlite3.connect(state) as conn:
+            return conn.execute("SELECT count(*), sum(size) FROM files WHERE kind = 'f' AND size >= 0").fetchone()
+
+    def set_last(outcome: str, files: int) -> None:
+        with sqlite3.connect(state) as conn:
+            conn.execute("UPDATE passes SET outcome = ?, replica_files = ? WHERE id = (SELECT max(id) FROM passes)",
+                         (outcome, files))
+
+    def totals(report) -> tuple[int, int]:  # noqa: ANN001
+        return report.figures["replica_files"], report.figures["replica_bytes"]
+
+    assert totals(run_pass(cfg, local_factory(cfg))) == counted()
+    assert totals(run_pass(cfg, local_factory(cfg))) == counted()
+    set_last("ok", 7)  # a complete pass's figure is taken as it is (no recount)...
+    assert totals(run_pass(cfg, local_factory(cfg)))[0] == 7
+    set_last("failed", 7)  # ...a failed or killed one's is not
+    assert totals(run_pass(cfg, local_factory(cfg))) == counted()
+    server.deliver(2)  # a pass that records files counts again
+    set_last("ok", 7)
+    assert totals(run_pass(cfg, local_factory(cfg))) == counted()
+
+
 def test_all_kinds_of_change_converge(setup) -> None:  # noqa: ANN001
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))

@@ -326,9 +326,8 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
             report.differ("the source changed during the final pass (its listing before and after differ)")
         if report.differences_total == 0:
             report.statement = f"replica equals source: {files} files, {size} bytes"
-    totals = workers[0].conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM main.files WHERE kind = 'f' AND size >= 0").fetchone()
-    report.figures["replica_files"], report.figures["replica_bytes"] = totals
+    report.figures["replica_files"], report.figures["replica_bytes"] = st.replica_totals(
+        workers[0].conn, report.pass_id, changed=any(w.recorded for w in workers))
 
 
 def recover_interrupted(conn, replica: Replica, trees: list[Tree]) -> None:  # noqa: ANN001
@@ -341,8 +340,9 @@ def recover_interrupted(conn, replica: Replica, trees: list[Tree]) -> None:  # n
     pass compares them with the source: fetched again, or deleted if gone).
     """
     by_name = {t.name: t for t in trees}
-    dirs = conn.execute("SELECT tree, path FROM files WHERE stale = 1 AND kind = 'd'"
-                        " UNION SELECT tree, dir FROM files WHERE stale = 1 AND kind <> 'd'").fetchall()
+    dirs = conn.execute("SELECT tree, path FROM files INDEXED BY files_stale WHERE stale = 1 AND kind = 'd'"
+                        " UNION SELECT tree, dir FROM files INDEXED BY files_stale WHERE stale = 1 AND kind <> 'd'"
+                        ).fetchall()
     removed = 0
     for tree_name, rel in dirs:
         tree = by_name.get(tree_name)

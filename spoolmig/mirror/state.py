@@ -195,6 +195,27 @@ def begin_pass(conn: sqlite3.Connection, mode: str, source: str) -> int:
     return int(cur.lastrowid or 0)
 
 
+#: Outcomes of passes that ran to their end (and so recorded the replica's totals after their last write).
+COMPLETE_OUTCOMES = ("ok", "warnings", "differences")
+
+
+def replica_totals(conn: sqlite3.Connection, pass_id: int | None, *, changed: bool) -> tuple[int, int]:
+    """Files and bytes the replica holds, for the pass's report.
+
+    Counting reads an index entry per file (20-70 ms at 209k files, a tenth of
+    a pass with no change). A pass that recorded nothing holds what the
+    complete pass before it counted; only passes change the state.
+    """
+    if not changed and pass_id is not None:
+        row = conn.execute("SELECT outcome, replica_files, replica_bytes FROM passes WHERE id < ?"
+                           " ORDER BY id DESC LIMIT 1", (pass_id,)).fetchone()
+        if row is not None and row[0] in COMPLETE_OUTCOMES and row[1] > 0:
+            return int(row[1]), int(row[2])
+    files, size = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM main.files WHERE kind = 'f' AND size >= 0").fetchone()
+    return int(files), int(size)
+
+
 def end_pass(conn: sqlite3.Connection, pass_id: int, outcome: str, figures: dict[str, Any],
              message: str = "") -> None:
     names = [n for n in PASS_FIGURES + PASS_TIMES if n in figures]

@@ -120,6 +120,8 @@ class TreeWorker:
         self.touched: set[bytes] = set()
         self._progress: Progress | None = None
         self._fresh_from: int | None = None
+        #: Did this pass record or forget any file (so the replica's totals may have moved)?
+        self.recorded = False
         #: ``dels`` rows (path, kind, replaced) deleted only after the hard links (:meth:`_delete`).
         self._put_off_dels: list[tuple[bytes, str, int]] = []
         #: (path, size) of recorded message files a by-name listing no longer shows (:meth:`_compare_names`).
@@ -736,6 +738,7 @@ class TreeWorker:
         """Record a batch of files that are on disk (synced) in one transaction."""
         if not done and not gone and not size:
             return
+        self.recorded = self.recorded or bool(done or gone)
         with st.write(self.conn):
             self.conn.executemany(_UPSERT, done)
             self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
