@@ -17,7 +17,9 @@ The only module that imports paramiko. Why it is shaped this way:
   that already yielded entries cannot resume (its pass must be re-run).
 * When the account has no usable shell, or the remote tools are not GNU
   (``find`` without ``-printf``: old Solaris), everything goes over SFTP,
-  with mtimes in whole seconds (SFTP v3 carries no nanoseconds or inodes).
+  with mtimes in whole seconds (SFTP v3 carries no nanoseconds or inodes):
+  see :mod:`._sftp`, which this module hands the connection, the retry policy
+  and the paramiko-specific pieces.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import itertools
 import logging
 import os
 import socket
-import stat as stat_mod
 import sys
 import time
 from collections import deque
@@ -55,7 +56,9 @@ from paramiko.sftp_attr import SFTPAttributes
 from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import _remote
 from spoolmig.transport._fifo import ByteFifo
-from spoolmig.transport._common import check_relpath, check_root, glob_matcher, join, kind_of
+from spoolmig.transport._common import check_relpath, check_root, glob_matcher
+from spoolmig.transport._sftp import BUFFER_LIMIT, SftpReader, buffered, show
+from spoolmig.transport._sftp import Lost as _Lost
 from spoolmig.transport._tar import TarFormatError, TarStream
 from spoolmig.transport.base import Entry, Fetched, Names
 
@@ -66,9 +69,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MiB = 1 << 20
-#: Files at most this big are buffered whole before being handed out, so a
-#: dropped connection never leaves a consumer holding half a file.
-_BUFFER_LIMIT = 1 * _MiB
 #: Bytes of NUL-separated paths sent on one command's stdin: well under
 #: OpenSSH's 2 MiB channel window, so sending never waits for the reader.
 _STDIN_LIMIT = 512 * 1024
@@ -76,13 +76,6 @@ _STDIN_LIMIT = 512 * 1024
 #: Python cost is per packet. The window stays 2 MiB: 16 MiB was no faster on a 52k-file first copy
 #: and held up to 32 MiB more per fetching process (two channels in flight each).
 _WINDOW = 2 * _MiB
-#: SFTP reads: 128 requests of 64 KiB in flight (8 MiB). paramiko's defaults
-#: (unbounded requests of 32 KiB) measured 8 MB/s on a 512 MiB file over
-#: loopback, these ~80 MB/s, like the tar stream on the same machine. 64 KiB is
-#: what old sftp-servers answer in full; a shorter answer is re-requested by
-#: paramiko, never lost.
-_PREFETCH = 128
-_SFTP_READ = 65536
 _MAX_PACKET = 256 * 1024
 #: Ciphers tried first when the server offers them: AES-GCM is one pass (no separate HMAC per
 #: packet, which paramiko computes in Python); measured ~25 % less client CPU and ~30 % more
@@ -104,10 +97,6 @@ class _ChunkPipe(BufferedPipe):
 
     def _buffer_tobytes(self, limit: int | None = None) -> bytes:
         return self._buffer.peek(limit)  # type: ignore[attr-defined,no-any-return]
-
-
-class _Lost(Exception):
-    """The connection dropped (or went silent): reconnect and resume."""
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -232,11 +221,14 @@ class SshSource:
         self._conn: _Conn | None = None
         self._generation = 0
         self.reconnects = 0  # how many times a dropped connection was re-established
-        self._fetch_dirs_ok: set[bytes] = set()
         #: Walks started ahead by :meth:`prepare_walks`: key -> (their one command, section index).
         self._prepared: dict[tuple[Any, ...], tuple[_Combined, int]] = {}
         #: Remote commands started on this source (tests count them; a pass should need few).
         self.commands = 0
+        #: The fallback when the account has no usable shell (see :mod:`._sftp`).
+        self._sftp = SftpReader(self.describe(), io_timeout=io_timeout, retries=retries, live=self._live,
+                                reconnect=self._reconnect, connected=self._connected, readdir=_readdir,
+                                ssh_error=paramiko.SSHException)
         try:
             self._connect(wait_probe=False)
         except _Lost as error:
@@ -339,6 +331,10 @@ class SshSource:
         raise TransportError(f"{self.describe()}: connection lost and not re-established after "
                              f"{self.retries} attempts: {last}",
                              hint="check the network and the source's sshd, then run the pass again")
+
+    def _connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.transport.is_active()
 
     def _known_key_types(self) -> set[str]:
         entry = self._host_keys()[0].lookup(self._host_key_name())
@@ -719,7 +715,7 @@ class SshSource:
                 if conn.shell:
                     it = self._walk_shell(conn, root, pats, pruned)
                 else:
-                    it = self._walk_sftp(conn, root, glob_matcher(pats), set(pruned))
+                    it = self._sftp.walk(conn, root, glob_matcher(pats), set(pruned))
                 for entry in it:
                     yielded = True
                     yield entry
@@ -820,8 +816,8 @@ class SshSource:
     ) -> Iterator[Entry | Names]:
         root = check_root(root)
         conn = self._live()
-        if not conn.shell:  # SFTP reads every entry's attributes anyway: all come as Entries
-            yield from self._sftp_items(dirs, lambda c, d: self._sftp_list(c, root, d), root, lambda d: [])
+        if not conn.shell:
+            yield from self._sftp.list_dirs(root, dirs)
             return
         globs = None if stat_globs is None else tuple(stat_globs)
 
@@ -852,7 +848,7 @@ class SshSource:
         root = check_root(root)
         conn = self._live()
         if not conn.shell:
-            yield from self._sftp_items(paths, lambda c, p: [self._sftp_stat(c, root, p)], root, lambda p: [p])
+            yield from self._sftp.stat(root, paths)
             return
 
         def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry | bytes]]:
@@ -873,8 +869,7 @@ class SshSource:
         root = check_root(root)
         conn = self._live()
         if not conn.sha256sum:
-            yield from self._sftp_items(paths, lambda c, p: [(p, self._sftp_sha256(c, root, p))], root,
-                                        lambda p: [(p, None)])
+            yield from self._sftp.checksum(root, paths)
             return
 
         def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]
@@ -924,7 +919,7 @@ class SshSource:
         root = check_root(root)
         conn = self._live()
         use_tar = conn.tar
-        self._fetch_dirs_ok: set[bytes] = set()
+        dirs_ok: set[bytes] = set()  # ancestors the SFTP fetches verified to be real directories
 
         def path_of(item: bytes | Entry) -> bytes:
             return item.path if isinstance(item, Entry) else item
@@ -959,7 +954,7 @@ class SshSource:
 
         def parse(conn: _Conn, chan: Any, batch: list[bytes | Entry]) -> Iterator[tuple[int, Fetched | bytes]]:
             if chan is None:
-                yield 0, self._sftp_fetch(conn, root, batch[0])
+                yield 0, self._sftp.fetch(conn, root, batch[0], dirs_ok)
                 return
             yield from self._parse_tar(conn, chan, root, [path_of(i) for i in batch])
 
@@ -990,9 +985,9 @@ class SshSource:
                     continue
                 entry = Entry(path=path, kind="f", size=member.size, mtime_ns=member.mtime_ns,
                               mode=member.mode)
-                if member.size <= _BUFFER_LIMIT:
+                if member.size <= BUFFER_LIMIT:
                     data = _read_all(stream, member.size)
-                    yield pos, _buffered(entry, data)
+                    yield pos, buffered(entry, data)
                 else:
                     yield pos, self._streamed(stream, entry, root)
                     stream.skip_data()
@@ -1018,7 +1013,7 @@ class SshSource:
                 try:
                     data = stream.read(n)
                 except (_Lost, EOFError) as error:
-                    resumed = self._resume(root, entry, offset, str(error))
+                    resumed = self._sftp.resume(root, entry, offset, str(error))
                     data = resumed(n)
             offset += len(data)
             return data
@@ -1033,264 +1028,6 @@ class SshSource:
                     pass
 
         return Fetched(entry=entry, read=read, skip=skip)
-
-    def _resume(self, root: str, entry: Entry, offset: int, why: str) -> Callable[[int], bytes]:
-        """Continue reading ``entry`` at ``offset`` over a new connection, if the file is unchanged."""
-        conn = self._reconnect(self._conn, why)
-        sftp = conn.sftp(self.io_timeout)
-        full = _full(root, entry.path)
-        try:
-            st = sftp.lstat(full)
-            if (not stat_mod.S_ISREG(st.st_mode or 0) or st.st_size != entry.size
-                    or int(st.st_mtime or 0) != entry.mtime_ns // 1_000_000_000):
-                raise TransportError(f"{self.describe()}: {_show(entry.path)} changed while the "
-                                     "connection was down; fetch it again")
-            f = sftp.open(full, "rb")
-            f.MAX_REQUEST_SIZE = _SFTP_READ
-            f.seek(offset)
-            f.prefetch(entry.size - offset, _PREFETCH)
-        except OSError as error:
-            raise TransportError(f"{self.describe()}: resuming {_show(entry.path)}: {error}") from None
-        remaining = entry.size - offset
-
-        def read(n: int) -> bytes:
-            nonlocal remaining
-            if remaining <= 0:
-                f.close()
-                return b""
-            try:
-                data = f.read(min(n, remaining))
-            except (OSError, EOFError, paramiko.SSHException) as error:
-                raise TransportError(f"{self.describe()}: reading {_show(entry.path)}: {error}") from None
-            remaining -= len(data)
-            if not data:
-                remaining = 0
-            return data
-
-        return read
-
-    # -- SFTP fallback ------------------------------------------------------
-
-    def _sftp_items(self, items: Iterable[T], one: Callable[[_Conn, T], Iterable[Any]],
-                    root: str, gone: Callable[[T], Iterable[Any]]) -> Iterator[Any]:
-        """Per-item SFTP operations, each retried after a reconnect (they are idempotent)."""
-        dirs_ok: set[bytes] = set()  # ancestors verified to be real directories
-        for item in items:
-            check_relpath(item.path if isinstance(item, Entry) else item)  # type: ignore[arg-type]
-            attempts = 0
-            while True:
-                conn = self._live()
-                try:
-                    if len(dirs_ok) > 10000:
-                        dirs_ok.clear()
-                    path = item.path if isinstance(item, Entry) else item
-                    if not self._sftp_dirs_ok(conn, root, path, dirs_ok):  # type: ignore[arg-type]
-                        values = list(gone(item))
-                        break
-                    values = list(one(conn, item))
-                    break
-                except _Lost as error:
-                    attempts += 1
-                    if attempts > self.retries:
-                        raise TransportError(f"{self.describe()}: {error}") from None
-                    self._reconnect(conn, str(error))
-            yield from values
-
-    def _sftp_dirs_ok(self, conn: _Conn, root: str, path: bytes, dirs_ok: set[bytes]) -> bool:
-        """lstat each ancestor of ``path`` (once per batch of work): SFTP, too, follows links mid-path."""
-        for prefix in _remote.ancestors([path]):
-            if prefix in dirs_ok:
-                continue
-            try:
-                st = self._sftp_call(lambda: conn.sftp(self.io_timeout).lstat(_full(root, prefix)))
-            except (FileNotFoundError, NotADirectoryError):
-                return False
-            if not stat_mod.S_ISDIR(st.st_mode or 0):
-                return False
-            dirs_ok.add(prefix)
-        return True
-
-    def _sftp_call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except (FileNotFoundError, NotADirectoryError):
-            raise
-        except PermissionError as error:
-            raise TransportError(f"{self.describe()}: permission denied: {error}") from None
-        except (EOFError, socket.timeout, paramiko.SSHException, ConnectionError) as error:
-            raise _Lost(f"SFTP: {error}") from None
-        except OSError as error:
-            conn = self._conn
-            if conn is None or not conn.transport.is_active() or "closed" in str(error).lower():
-                raise _Lost(f"SFTP: {error}") from None
-            raise TransportError(f"{self.describe()}: SFTP: {error}") from None
-
-    def _sftp_listdir(self, conn: _Conn, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
-        """READDIR with raw byte names (paramiko's listdir decodes UTF-8 and fails otherwise)."""
-        sftp = conn.sftp(self.io_timeout)
-
-        def run() -> list[tuple[bytes, SFTPAttributes]]:
-            t, msg = sftp._request(CMD_OPENDIR, path)
-            if t != CMD_HANDLE:
-                raise _Lost("SFTP: expected a handle")
-            handle = msg.get_binary()
-            out: list[tuple[bytes, SFTPAttributes]] = []
-            try:
-                while True:
-                    try:
-                        t, msg = sftp._request(CMD_READDIR, handle)
-                    except EOFError:
-                        break
-                    for _ in range(msg.get_int()):
-                        name = msg.get_string()
-                        longname = msg.get_string()
-                        attr = SFTPAttributes._from_msg(msg, name, longname)
-                        if name not in (b".", b".."):
-                            out.append((name, attr))
-            finally:
-                sftp._request(CMD_CLOSE, handle)
-            return out
-
-        return self._sftp_call(run)
-
-    def _sftp_entry(self, conn: _Conn, full: bytes, rel: bytes, attr: SFTPAttributes) -> Entry:
-        mode = attr.st_mode or 0
-        link = None
-        if stat_mod.S_ISLNK(mode):
-            target = self._sftp_call(lambda: conn.sftp(self.io_timeout).readlink(full))
-            link = target.encode("utf-8", "surrogateescape") if isinstance(target, str) else target
-        return Entry(path=rel, kind=kind_of(mode), size=attr.st_size or 0,
-                     mtime_ns=int(attr.st_mtime or 0) * 1_000_000_000, mode=mode & 0o7777, link=link)
-
-    def _walk_sftp(self, conn: _Conn, root: str, match: Callable[[bytes], bool] | None,
-                   pruned: set[bytes]) -> Iterator[Entry]:
-        base = root.encode()
-        try:
-            st = self._sftp_call(lambda: conn.sftp(self.io_timeout).stat(base))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        if not stat_mod.S_ISDIR(st.st_mode or 0) or b"" in pruned:
-            return
-        yield self._sftp_entry(conn, base, b"", st)
-        stack = [b""]
-        while stack:
-            rel = stack.pop()
-            try:
-                children = self._sftp_listdir(conn, _full(root, rel))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            subdirs = []
-            for name, attr in children:
-                path = join(rel, name)
-                if stat_mod.S_ISDIR(attr.st_mode or 0):
-                    if path in pruned:
-                        continue
-                    yield self._sftp_entry(conn, _full(root, path), path, attr)
-                    subdirs.append(path)
-                elif match is None or match(name):
-                    yield self._sftp_entry(conn, _full(root, path), path, attr)
-            stack.extend(reversed(subdirs))
-
-    def _sftp_list(self, conn: _Conn, root: str, rel: bytes) -> list[Entry]:
-        full = _full(root, rel)
-        try:
-            st = self._sftp_call(lambda: conn.sftp(self.io_timeout).lstat(full))
-            if rel and not stat_mod.S_ISDIR(st.st_mode or 0):
-                return []  # became a symlink or a file: never followed
-            children = self._sftp_listdir(conn, full)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return [self._sftp_entry(conn, _full(root, join(rel, n)), join(rel, n), a) for n, a in children]
-
-    def _sftp_stat(self, conn: _Conn, root: str, rel: bytes) -> Entry | bytes:
-        full = _full(root, rel)
-        try:
-            st = self._sftp_call(lambda: conn.sftp(self.io_timeout).lstat(full) if rel
-                                 else conn.sftp(self.io_timeout).stat(full))
-            return self._sftp_entry(conn, full, rel, st)
-        except (FileNotFoundError, NotADirectoryError):
-            return rel
-
-    def _sftp_open(self, conn: _Conn, root: str, rel: bytes) -> tuple[Any, SFTPAttributes] | None:
-        """Open a regular file (lstat first: a symlink's target is never read)."""
-        full = _full(root, rel)
-        sftp = conn.sftp(self.io_timeout)
-        try:
-            st = self._sftp_call(lambda: sftp.lstat(full))
-            if not stat_mod.S_ISREG(st.st_mode or 0):
-                return None
-            f = self._sftp_call(lambda: sftp.open(full, "rb"))
-            f.MAX_REQUEST_SIZE = _SFTP_READ
-            fst = self._sftp_call(f.stat)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat_mod.S_ISREG(fst.st_mode or 0) or fst.st_size != st.st_size:
-            f.close()
-            return None  # swapped for something else between lstat and open
-        return f, fst
-
-    def _sftp_fetch(self, conn: _Conn, root: str, item: bytes | Entry) -> Fetched | bytes:
-        rel = item.path if isinstance(item, Entry) else item
-        if len(self._fetch_dirs_ok) > 10000:
-            self._fetch_dirs_ok.clear()
-        if not self._sftp_dirs_ok(conn, root, rel, self._fetch_dirs_ok):
-            return rel
-        opened = self._sftp_open(conn, root, rel)
-        if opened is None:
-            return rel
-        f, st = opened
-        mtime_ns = int(st.st_mtime or 0) * 1_000_000_000
-        if isinstance(item, Entry) and item.size == st.st_size and item.mtime_ns // 1_000_000_000 == st.st_mtime:
-            mtime_ns = item.mtime_ns  # the listing's nanoseconds, same second and size
-        entry = Entry(path=rel, kind="f", size=st.st_size or 0, mtime_ns=mtime_ns, mode=(st.st_mode or 0) & 0o7777)
-        if entry.size <= _BUFFER_LIMIT:
-            try:
-                data = self._sftp_call(lambda: f.read(entry.size))
-            finally:
-                f.close()
-            return _buffered(entry, data[:entry.size])
-        f.prefetch(entry.size, _PREFETCH)
-        offset = 0
-        resumed: Callable[[int], bytes] | None = None
-
-        def read(n: int = _MiB) -> bytes:
-            nonlocal offset, resumed
-            if offset >= entry.size:
-                f.close()
-                return b""
-            if resumed is not None:
-                data = resumed(n)
-            else:
-                try:
-                    data = self._sftp_call(lambda: f.read(min(n, entry.size - offset)))
-                except _Lost as error:
-                    resumed = self._resume(root, entry, offset, str(error))
-                    data = resumed(n)
-            offset += len(data)
-            if not data:
-                offset = entry.size
-            return data
-
-        def skip() -> None:
-            nonlocal offset
-            offset = entry.size
-            f.close()
-
-        return Fetched(entry=entry, read=read, skip=skip)
-
-    def _sftp_sha256(self, conn: _Conn, root: str, rel: bytes) -> str | None:
-        opened = self._sftp_open(conn, root, rel)
-        if opened is None:
-            return None
-        f, st = opened
-        digest = hashlib.sha256()
-        try:
-            f.prefetch(st.st_size or 0, _PREFETCH)
-            while chunk := self._sftp_call(lambda: f.read(_MiB)):
-                digest.update(chunk)
-        finally:
-            f.close()
-        return digest.hexdigest()
 
     # -- processes ----------------------------------------------------------
 
@@ -1314,22 +1051,7 @@ class SshSource:
                 raise TransportError(f"{self.describe()}: ps failed: {err.decode(errors='replace').strip()}")
             lines = out.decode("utf-8", "replace").splitlines()
             return [l.strip() for l in lines[1:] if l.strip()]  # first line: the header
-        sftp = conn.sftp(self.io_timeout)
-        try:
-            pids = [n for n, _a in self._sftp_listdir(conn, b"/proc") if n.isdigit()]
-        except FileNotFoundError:
-            raise TransportError(f"{self.describe()}: cannot list processes: no shell and no /proc",
-                                 hint="stop Cyrus on the source and check by hand") from None
-        lines = []
-        for pid in pids:
-            try:
-                with self._sftp_call(lambda: sftp.open(b"/proc/" + pid + b"/cmdline", "rb")) as f:
-                    raw = self._sftp_call(lambda: f.read(65536))
-            except (FileNotFoundError, PermissionError, TransportError):
-                continue
-            if raw:
-                lines.append(raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace"))
-        return lines
+        return self._sftp.command_lines(conn)
 
     def close(self) -> None:
         for combined, _index in self._prepared.values():
@@ -1375,13 +1097,32 @@ def _key_family(name: str) -> str:
     return "ssh-rsa" if name.startswith("rsa-sha2-") else name
 
 
-def _full(root: str, rel: bytes) -> bytes:
-    base = root.encode().rstrip(b"/")
-    return base + b"/" + rel if rel else (base or b"/")
+def _readdir(sftp: paramiko.SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
+    """READDIR with raw byte names (paramiko's listdir decodes UTF-8 and fails otherwise).
 
-
-def _show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
+    The one piece of the SFTP fallback that speaks paramiko's wire messages, so it
+    stays here (only this module imports paramiko); :mod:`._sftp` gets it as ``readdir``.
+    """
+    t, msg = sftp._request(CMD_OPENDIR, path)
+    if t != CMD_HANDLE:
+        raise _Lost("SFTP: expected a handle")
+    handle = msg.get_binary()
+    out: list[tuple[bytes, SFTPAttributes]] = []
+    try:
+        while True:
+            try:
+                t, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                break
+            for _ in range(msg.get_int()):
+                name = msg.get_string()
+                longname = msg.get_string()
+                attr = SFTPAttributes._from_msg(msg, name, longname)
+                if name not in (b".", b".."):
+                    out.append((name, attr))
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+    return out
 
 
 def _key(value: Any) -> bytes:
@@ -1399,7 +1140,7 @@ def _catch_up(batch: list[bytes], pos: int, path: bytes) -> Iterator[tuple[int, 
             for j in range(pos, i):
                 yield j, batch[j]
             return i
-    raise TransportError(f"the source answered for {_show(path)!r}, which was not asked for")
+    raise TransportError(f"the source answered for {show(path)!r}, which was not asked for")
 
 
 def _read_all(stream: TarStream, size: int) -> bytes:
@@ -1415,26 +1156,6 @@ def _read_all(stream: TarStream, size: int) -> bytes:
         parts.append(data)
         left -= len(data)
     return b"".join(parts)
-
-
-def _buffered(entry: Entry, data: bytes) -> Fetched:
-    view = memoryview(data)
-    pos = 0
-
-    def read(n: int = _MiB) -> bytes:
-        nonlocal pos
-        if pos == 0 and n >= len(data):  # the whole file at once: no copy
-            pos = len(data)
-            return data
-        out = bytes(view[pos:pos + n])
-        pos += len(out)
-        return out
-
-    def skip() -> None:
-        nonlocal pos
-        pos = len(data)
-
-    return Fetched(entry=entry, read=read, skip=skip)
 
 
 def _quiet_close(chan: paramiko.Channel) -> None:
