@@ -11,7 +11,7 @@ import stat as stat_mod
 from collections.abc import Iterable
 from typing import Callable
 
-from spoolmig.transport.base import Entry, Kind
+from spoolmig.transport.base import Entry, Fetched, Kind
 
 
 def kind_of(mode: int) -> Kind:
@@ -84,3 +84,38 @@ def entry_from_stat(path: bytes, st: object, link: bytes | None = None) -> Entry
         inode=st.st_ino,  # type: ignore[attr-defined]
         link=link,
     )
+
+
+MiB = 1 << 20
+#: Files at most this big are buffered whole before being handed out, so a
+#: dropped connection never leaves a consumer holding half a file.
+BUFFER_LIMIT = 1 * MiB
+
+
+class Lost(Exception):
+    """The connection dropped (or went silent): reconnect and resume."""
+
+
+def show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def buffered(entry: Entry, data: bytes) -> Fetched:
+    """A file read whole, handed out without a connection behind it (see :data:`BUFFER_LIMIT`)."""
+    view = memoryview(data)
+    pos = 0
+
+    def read(n: int = MiB) -> bytes:
+        nonlocal pos
+        if pos == 0 and n >= len(data):  # the whole file at once: no copy
+            pos = len(data)
+            return data
+        out = bytes(view[pos:pos + n])
+        pos += len(out)
+        return out
+
+    def skip() -> None:
+        nonlocal pos
+        pos = len(data)
+
+    return Fetched(entry=entry, read=read, skip=skip)

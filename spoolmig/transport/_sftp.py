@@ -19,10 +19,8 @@ What it gives up against the streamed commands:
 paramiko is imported only by :mod:`.ssh` (tests/test_architecture.py): this
 module uses the SFTP client and files it is handed through their methods, and
 gets what needs paramiko's names from ssh.py: the raw READDIR (``readdir``)
-and paramiko's ``SSHException`` (``ssh_error``). :class:`Lost`,
-:func:`buffered`, :data:`BUFFER_LIMIT` and :func:`show` live here because the
-tar path in ssh.py uses them too and ssh.py imports this module, not the
-other way round.
+and paramiko's ``SSHException`` (``ssh_error``). What it shares with the tar
+path of ssh.py (:class:`Lost`, :func:`buffered`) is in :mod:`._common`.
 """
 
 from __future__ import annotations
@@ -35,14 +33,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from spoolmig.errors import TransportError
 from spoolmig.transport import _remote
-from spoolmig.transport._common import check_relpath, join, kind_of
+from spoolmig.transport._common import BUFFER_LIMIT, Lost, buffered, check_relpath, join, kind_of, show
 from spoolmig.transport.base import Entry, Fetched
 
 T = TypeVar("T")
 MiB = 1 << 20
-#: Files at most this big are buffered whole before being handed out, so a
-#: dropped connection never leaves a consumer holding half a file.
-BUFFER_LIMIT = 1 * MiB
 #: SFTP reads: 128 requests of 64 KiB in flight (8 MiB). paramiko's defaults
 #: (unbounded requests of 32 KiB) measured 8 MB/s on a 512 MiB file over
 #: loopback, these ~80 MB/s, like the tar stream on the same machine. 64 KiB is
@@ -50,10 +45,6 @@ BUFFER_LIMIT = 1 * MiB
 #: paramiko, never lost.
 _PREFETCH = 128
 _SFTP_READ = 65536
-
-
-class Lost(Exception):
-    """The connection dropped (or went silent): reconnect and resume."""
 
 
 class Conn(Protocol):
@@ -355,28 +346,3 @@ def full(root: str, rel: bytes) -> bytes:
     """The absolute path on the source of ``rel`` below ``root``."""
     base = root.encode().rstrip(b"/")
     return base + b"/" + rel if rel else (base or b"/")
-
-
-def show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
-def buffered(entry: Entry, data: bytes) -> Fetched:
-    """A file read whole, handed out without a connection behind it (see :data:`BUFFER_LIMIT`)."""
-    view = memoryview(data)
-    pos = 0
-
-    def read(n: int = MiB) -> bytes:
-        nonlocal pos
-        if pos == 0 and n >= len(data):  # the whole file at once: no copy
-            pos = len(data)
-            return data
-        out = bytes(view[pos:pos + n])
-        pos += len(out)
-        return out
-
-    def skip() -> None:
-        nonlocal pos
-        pos = len(data)
-
-    return Fetched(entry=entry, read=read, skip=skip)

@@ -57,8 +57,9 @@ from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import _remote
 from spoolmig.transport._fifo import ByteFifo
 from spoolmig.transport._common import check_relpath, check_root, glob_matcher
-from spoolmig.transport._sftp import BUFFER_LIMIT, SftpReader, buffered, show
-from spoolmig.transport._sftp import Lost as _Lost
+from spoolmig.transport._common import BUFFER_LIMIT, buffered, show
+from spoolmig.transport._common import Lost as _Lost
+from spoolmig.transport._sftp import SftpReader
 from spoolmig.transport._tar import TarFormatError, TarStream
 from spoolmig.transport.base import Entry, Fetched, Names
 
