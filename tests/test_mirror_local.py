@@ -113,6 +113,24 @@ def test_relisted_directories_compare_message_files_by_name(setup) -> None:  # n
 
 
 @pytest.mark.usefixtures("no_freshness")
+def test_a_message_file_replaced_by_a_directory_converges(setup) -> None:  # noqa: ANN001
+    """A name listed as a directory where the state has a message file: the file goes, the directory comes."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    victim = sorted(server.deliver(1)[0].parent.glob("*."))[0]
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    victim.unlink()
+    victim.mkdir()
+    (victim / "inside").write_bytes(b"x")
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.exit_code() == 0, report.warnings
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+@pytest.mark.usefixtures("no_freshness")
 def test_a_stale_message_file_in_a_relisted_directory_is_checked_again(setup) -> None:  # noqa: ANN001
     """A message file the state does not trust (a pass died while writing it) is stat'ed and fetched again."""
     server, cfg = setup

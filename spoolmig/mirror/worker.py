@@ -218,7 +218,7 @@ class TreeWorker:
                 continue
             if filtered and not tree.accepts(path):
                 continue
-            head, slash, base = path.rpartition(b"/")
+            head, _, base = path.rpartition(b"/")
             cls = CLS_DIR if kind == "d" else CLS_META if all_meta or meta(base) else CLS_PLAIN  # = Tree.classify
             yield (path, head if path else None, kind, cls, size, mtime_ns, mode & 0o7777, inode, link)
 
@@ -391,7 +391,8 @@ class TreeWorker:
                          (name,))
             # Recorded message files of directories listed by name that are no longer there.
             conn.executemany("INSERT OR IGNORE INTO dels SELECT ?1, 'f', ?2"
-                             " WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = ?1)", self._gone_plain)
+                             " WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = ?1 AND s.kind = 'f')",
+                             self._gone_plain)
             conn.execute(ins + "gone g CROSS JOIN main.files f INDEXED BY files_dir ON f.tree = ? AND f.dir = g.path",
                          (name,))
             conn.execute(ins + f"main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND {_NOT_SEEN}",
