@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sshd import Sshd, sshd  # noqa: F401 - the fixture
+from sshd import Sshd, sftp_only_sshd, sshd  # noqa: F401 - the fixtures
 from test_mirror_hostile import ODD_NAMES, _make_odd_mailboxes
 from test_mirror_support import (
     Recording,
@@ -93,6 +93,36 @@ def test_mirror_over_ssh_file_for_file_and_incremental(setup) -> None:  # noqa: 
     assert report.exit_code() == 0, report.warnings
     fetched = {p for _, p in rec.fetched}
     assert all(any(p.endswith(os.fsencode(d.name)) for p in fetched) for d in delivered)
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def _whole_seconds(root: Path, bump: set[Path] = frozenset()) -> None:  # type: ignore[assignment]
+    """SFTP carries whole seconds only: truncate every mtime below ``root``; ``bump`` directories move on 5 s."""
+    for top, dirs, files in os.walk(root, topdown=False):
+        for name in files + dirs:
+            p = os.path.join(top, name)
+            st = os.lstat(p)
+            mtime = st.st_mtime_ns // 10**9 * 10**9 + (5 * 10**9 if Path(p) in bump else 0)
+            os.utime(p, ns=(st.st_atime_ns, mtime), follow_symlinks=False)
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_incremental_pass_over_an_sftp_only_account(tmp_path: Path, sftp_only_sshd: Sshd) -> None:  # noqa: F811
+    """No shell: changed directories are listed by SFTP (full entries, no by-name blocks) and still converge."""
+    server = make_server(tmp_path / "old", users=3, messages=40)
+    _whole_seconds(server.root)
+    cfg = _ssh_config(tmp_path, server, sftp_only_sshd, tmp_path / "mirror")
+    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
+    delivered = server.deliver(4)
+    expunged = server.expunge(2)
+    _whole_seconds(server.root, bump={p.parent for p in delivered + expunged})
+    rec = Recording(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    assert rec.listed, "the changed directories were listed"
+    assert report.figures["files_new"] == sum(1 for d in delivered if d.exists())
+    assert report.figures["files_deleted"] == len(set(expunged) - set(delivered))  # not: delivered, then expunged
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
 
