@@ -33,11 +33,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from spoolmig.errors import TransportError
 from spoolmig.transport import _remote
-from spoolmig.transport._common import BUFFER_LIMIT, Lost, buffered, check_relpath, join, kind_of, show
+from spoolmig.transport._common import BUFFER_LIMIT, Lost, MiB, buffered, check_relpath, join, kind_of, show
 from spoolmig.transport.base import Entry, Fetched
 
 T = TypeVar("T")
-MiB = 1 << 20
 #: SFTP reads: 128 requests of 64 KiB in flight (8 MiB). paramiko's defaults
 #: (unbounded requests of 32 KiB) measured 8 MB/s on a 512 MiB file over
 #: loopback, these ~80 MB/s, like the tar stream on the same machine. 64 KiB is

@@ -57,7 +57,7 @@ from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import _remote
 from spoolmig.transport._fifo import ByteFifo
 from spoolmig.transport._common import check_relpath, check_root, glob_matcher
-from spoolmig.transport._common import BUFFER_LIMIT, buffered, show
+from spoolmig.transport._common import BUFFER_LIMIT, MiB, buffered, show
 from spoolmig.transport._common import Lost as _Lost
 from spoolmig.transport._sftp import SftpReader
 from spoolmig.transport._tar import TarFormatError, TarStream
@@ -69,21 +69,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_MiB = 1 << 20
 #: Bytes of NUL-separated paths sent on one command's stdin: well under
 #: OpenSSH's 2 MiB channel window, so sending never waits for the reader.
 _STDIN_LIMIT = 512 * 1024
 #: Receive window and packet size we offer. Packets of 256 KiB instead of paramiko's 32 KiB: the
 #: Python cost is per packet. The window stays 2 MiB: 16 MiB was no faster on a 52k-file first copy
 #: and held up to 32 MiB more per fetching process (two channels in flight each).
-_WINDOW = 2 * _MiB
+_WINDOW = 2 * MiB
 _MAX_PACKET = 256 * 1024
 #: Ciphers tried first when the server offers them: AES-GCM is one pass (no separate HMAC per
 #: packet, which paramiko computes in Python); measured ~25 % less client CPU and ~30 % more
 #: throughput than paramiko's default aes128-ctr + hmac-sha2-256 on a 1 GiB tar over loopback.
 _FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: Receive window of the one command that lists every tree: bounds what waits in memory for later trees.
-_PREPARED_WINDOW = 2 * _MiB
+_PREPARED_WINDOW = 2 * MiB
 
 
 class _ChunkPipe(BufferedPipe):
@@ -206,8 +205,8 @@ class SshSource:
         retries: int = 5,
         backoff: float = 1.0,
         batch_files: int = 10000,
-        batch_bytes: int = 256 * _MiB,
-        large_file: int = 64 * _MiB,
+        batch_bytes: int = 256 * MiB,
+        large_file: int = 64 * MiB,
         force_sftp: bool = False,
     ) -> None:
         self.host, self.port = host, port
@@ -1006,7 +1005,7 @@ class SshSource:
         offset = 0
         resumed: Callable[[int], bytes] | None = None
 
-        def read(n: int = _MiB) -> bytes:
+        def read(n: int = MiB) -> bytes:
             nonlocal offset, resumed
             if resumed is not None:
                 data = resumed(n)
