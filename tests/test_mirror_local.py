@@ -72,6 +72,25 @@ def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None: 
     assert all(cheap for root, cheap in rec.walks if "spool" in root)
 
 
+def _recorded_pass(cfg):  # noqa: ANN001, ANN202
+    """One pass from the local source, recording what it listed, stat'ed and fetched; it must succeed."""
+    rec = Recording(LocalSource(cfg.source.url.path))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    return rec, report
+
+
+def _converged(server, cfg) -> None:  # noqa: ANN001
+    """The replica equals the source file for file, and the state describes the replica."""
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def _rel(server, cfg, path: Path) -> bytes:  # noqa: ANN001
+    """``path`` on the source as the state names it: relative to its partition."""
+    return os.fsencode(_replica_path(server, cfg, path)[1])
+
+
 @pytest.mark.usefixtures("no_freshness")
 def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # noqa: ANN001
     server, cfg = setup
@@ -79,9 +98,7 @@ def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # no
     time.sleep(0.01)
     delivered = server.deliver(1)[0]
     expunged = server.expunge(1)[0]
-    rec = Recording(LocalSource(cfg.source.url.path))
-    report = run_pass(cfg, lambda: rec)
-    assert report.exit_code() == 0, report.warnings
+    rec, report = _recorded_pass(cfg)
     listed_dirs = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
     want = {os.fsencode(delivered.parent), os.fsencode(expunged.parent)}
     assert listed_dirs == want
@@ -89,8 +106,7 @@ def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # no
     assert os.fsencode(delivered.name) in fetched
     assert report.figures["files_new"] == 1 and report.figures["files_deleted"] == 1
     assert report.figures["dirs_relisted"] == len(want)
-    assert_mirrors(server.root, cfg)
-    assert_state_matches_disk(Path(cfg.mirror.path))
+    _converged(server, cfg)
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -101,15 +117,12 @@ def test_relisted_directories_compare_message_files_by_name(setup) -> None:  # n
     time.sleep(0.01)
     delivered = server.deliver(6)
     server.expunge(3)
-    rec = Recording(LocalSource(cfg.source.url.path))
-    report = run_pass(cfg, lambda: rec)
-    assert report.exit_code() == 0, report.warnings
-    new = {os.fsencode(_replica_path(server, cfg, d)[1]) for d in delivered if d.exists()}
+    rec, report = _recorded_pass(cfg)
+    new = {_rel(server, cfg, d) for d in delivered if d.exists()}
     assert {p for _, p in rec.stated} == new
     assert report.figures["files_new"] == len(new) and report.figures["files_deleted"] == 3
     assert report.figures["entries_listed"] >= sum(len(os.listdir(d.parent)) for d in delivered if d.exists())
-    assert_mirrors(server.root, cfg)
-    assert_state_matches_disk(Path(cfg.mirror.path))
+    _converged(server, cfg)
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -124,10 +137,8 @@ def test_a_message_file_replaced_by_a_directory_converges(setup) -> None:  # noq
     victim.unlink()
     victim.mkdir()
     (victim / "inside").write_bytes(b"x")
-    report = run_pass(cfg, local_factory(cfg))
-    assert report.exit_code() == 0, report.warnings
-    assert_mirrors(server.root, cfg)
-    assert_state_matches_disk(Path(cfg.mirror.path))
+    _recorded_pass(cfg)
+    _converged(server, cfg)
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -144,13 +155,10 @@ def test_a_stale_message_file_in_a_relisted_directory_is_checked_again(setup) ->
     with sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite") as conn:
         assert conn.execute("UPDATE files SET stale = 1 WHERE tree = ? AND path = ?",
                             (tree, os.fsencode(rel))).rowcount == 1
-    rec = Recording(LocalSource(cfg.source.url.path))
-    report = run_pass(cfg, lambda: rec)
-    assert report.exit_code() == 0, report.warnings
-    assert {p for _, p in rec.stated} == {os.fsencode(_replica_path(server, cfg, f)[1]) for f in (delivered, victim)}
+    rec, report = _recorded_pass(cfg)
+    assert {p for _, p in rec.stated} == {_rel(server, cfg, f) for f in (delivered, victim)}
     assert replica_file.read_bytes() == victim.read_bytes()
-    assert_mirrors(server.root, cfg)
-    assert_state_matches_disk(Path(cfg.mirror.path))
+    _converged(server, cfg)
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -166,9 +174,7 @@ def test_a_renamed_mailbox_is_linked_not_fetched_again(setup) -> None:  # noqa: 
     old_tree, old_rel = _replica_path(server, cfg, server.mailbox_dir(mbox))
     server.rename_mailbox(name, "user.renamed")
     new_dir = server.mailbox_dir(server.mailboxes["user.renamed"])
-    rec = Recording(LocalSource(cfg.source.url.path))
-    report = run_pass(cfg, lambda: rec)
-    assert report.exit_code() == 0, report.warnings
+    rec, report = _recorded_pass(cfg)
     fetched = {p for _, p in rec.fetched}
     tree, rel = _replica_path(server, cfg, new_dir)
     assert not any(p.startswith(os.fsencode(rel) + b"/") and p.endswith(b".") for p in fetched), \
@@ -177,8 +183,7 @@ def test_a_renamed_mailbox_is_linked_not_fetched_again(setup) -> None:  # noqa: 
     assert not (Path(cfg.mirror.path) / old_tree / old_rel).exists()
     for uid in mbox.uids:
         assert (Path(cfg.mirror.path) / tree / rel / f"{uid}.").stat().st_nlink == 1, "the old path is gone"
-    assert_mirrors(server.root, cfg)
-    assert_state_matches_disk(Path(cfg.mirror.path))
+    _converged(server, cfg)
 
 
 def test_replica_totals_are_counted_unless_a_complete_pass_left_them(setup) -> None:  # noqa: ANN001
