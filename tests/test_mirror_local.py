@@ -20,6 +20,7 @@ from test_mirror_support import (
 )
 
 from spoolmig.mirror.engine import Options, run_pass
+from spoolmig.mirror.replica import Replica
 from spoolmig.transport.local import LocalSource
 
 
@@ -420,6 +421,26 @@ def test_a_change_in_the_same_clock_tick_as_the_listing_is_not_missed(setup) -> 
     assert report.figures["files_new"] == 1
     assert (Path(cfg.mirror.path) / _replica_path(server, cfg, new)[0] / _replica_path(server, cfg, new)[1]).exists()
     assert_mirrors(server.root, cfg)
+
+
+def test_a_too_fresh_directory_is_listed_again_but_not_scanned_for_crash_debris(setup, monkeypatch) -> None:  # noqa: ANN001
+    """Untrusted mtimes are not interrupted writes: the next pass relists them, nothing scans the replica."""
+    server, cfg = setup
+    mbox = next(iter(server.mailboxes.values()))
+    directory = server.mailbox_dir(mbox)
+    now = time.time_ns()
+    os.utime(directory, ns=(now, now))  # the newest directory: too fresh to trust
+    run_pass(cfg, local_factory(cfg))
+    scanned: list[tuple[str, bytes]] = []
+    real_scan = Replica.scan_dir
+    monkeypatch.setattr(Replica, "scan_dir", lambda self, tree, rel: scanned.append((tree, rel)) or real_scan(
+        self, tree, rel))
+    rec = Recording(LocalSource(cfg.source.url.path))
+    run_pass(cfg, lambda: rec)
+    listed = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    assert os.fsencode(directory) in listed
+    assert scanned == []
+    assert_state_matches_disk(Path(cfg.mirror.path))
 
 
 def test_old_directories_are_trusted(setup) -> None:  # noqa: ANN001

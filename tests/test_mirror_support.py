@@ -130,8 +130,8 @@ def assert_state_matches_disk(mirror: Path) -> None:
     for tree, path, kind, size, mtime_ns, mode, link, stale in rows:
         full = os.fsencode(mirror / tree) + (b"/" + path if path else b"")
         known.add((tree, path))
-        # a directory may stay stale on purpose: too fresh to trust, listed again next pass
-        assert not stale or kind == "d", f"stale row left: {tree} {path!r}"
+        # a directory too fresh to trust is recorded without its mtime (-1), not stale
+        assert not stale, f"stale row left: {tree} {path!r}"
         st = os.lstat(full)
         if kind == "f":
             assert stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (

@@ -187,8 +187,8 @@ class TreeWorker:
         the same tick right after our listing leaves the directory's mtime as
         we recorded it. No mtime we saw is later than our listing, so the
         directories in the last second before the newest mtime of this listing
-        are the only ones at risk: they are recorded stale and listed again
-        next pass. The check only applies when that newest mtime is within
+        are the only ones at risk: they are recorded without their mtime and
+        listed again next pass. The check only applies when that newest mtime is within
         :data:`FRESH_CLOCK_WINDOW_NS` of our clock (a busy source), so a quiet
         source costs nothing.
         """
@@ -827,9 +827,12 @@ class TreeWorker:
         rows.sort(key=lambda r: r[0], reverse=True)  # children before parents
         for path, _parent, _size, mtime_ns, mode, _inode in rows:
             self.replica.set_dir_attrs(name, path, mode, mtime_ns)
+        # A directory too fresh to trust is recorded without its mtime (-1 never matches a listing),
+        # so the next pass lists it again; not stale, which would also mean "written into when a
+        # pass died" and send it through recover_interrupted's local scan.
         fresh = self._fresh_from
-        records = [(name, p, d, "d", CLS_DIR, s, m, mode, ino, None,
-                    1 if fresh is not None and m >= fresh else 0)
+        records = [(name, p, d, "d", CLS_DIR, s, -1 if fresh is not None and m >= fresh else m, mode, ino,
+                    None, 0)
                    for p, d, s, m, mode, ino in rows if p in changed]
         for i in range(0, len(records), CHUNK):
             with st.write(conn):
