@@ -443,14 +443,58 @@ def test_a_too_fresh_directory_is_listed_again_but_not_scanned_for_crash_debris(
     assert_state_matches_disk(Path(cfg.mirror.path))
 
 
-def test_old_directories_are_trusted(setup) -> None:  # noqa: ANN001
-    """On a source quiet for minutes nothing is too fresh: a no-change pass lists no directory."""
-    server, cfg = setup
+def _age(top: Path) -> None:
+    """Date everything below ``top`` an hour back: a source quiet for long."""
     old = time.time_ns() - 3600 * 10**9
-    for dirpath, dirs, files in os.walk(server.root):
+    for dirpath, dirs, files in os.walk(top):
         for name in files + dirs:
             os.utime(os.path.join(dirpath, name), ns=(old, old), follow_symlinks=False)
         os.utime(dirpath, ns=(old, old))
+
+
+class _NoClock(Recording):
+    """A source that cannot date its listings (as over SFTP)."""
+
+    def listing_clock(self, root: str) -> None:
+        return None
+
+
+@pytest.mark.parametrize("clock", [True, False])
+def test_a_burst_of_changes_seconds_before_the_listing_is_trusted_when_the_source_clock_is_known(
+        setup, clock: bool) -> None:  # noqa: ANN001
+    """Dated by the source's clock, directories changed 5 s before the listing are not listed again.
+
+    Without a clock the newest mtime stands in for the listing's start, and the
+    whole burst (within a second of it) is taken as too fresh: listed again.
+    """
+    server, cfg = setup
+    _age(server.root)
+    run_pass(cfg, local_factory(cfg))
+    delivered = server.deliver(5)
+    burst = time.time_ns() - 5 * 10**9
+    changed = {p.parent for p in delivered}
+    # the burst is the newest thing on the source (older message files never change)
+    for path in [*delivered, *(p for d in changed for p in d.glob("cyrus.*")), *changed]:
+        os.utime(path, ns=(burst, burst))
+    wrap = Recording if clock else _NoClock
+    rec = wrap(LocalSource(cfg.source.url.path))
+    run_pass(cfg, lambda: rec)
+    listed = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    assert {os.fsencode(d) for d in changed} <= listed  # changed: listed this pass
+    rec = wrap(LocalSource(cfg.source.url.path))
+    run_pass(cfg, lambda: rec)
+    again = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    if clock:
+        assert again == set()
+    else:
+        assert {os.fsencode(d) for d in changed} <= again
+    assert_mirrors(server.root, cfg)
+
+
+def test_old_directories_are_trusted(setup) -> None:  # noqa: ANN001
+    """On a source quiet for minutes nothing is too fresh: a no-change pass lists no directory."""
+    server, cfg = setup
+    _age(server.root)
     run_pass(cfg, local_factory(cfg))
     rec = Recording(LocalSource(cfg.source.url.path))
     run_pass(cfg, lambda: rec)

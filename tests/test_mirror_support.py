@@ -224,4 +224,4 @@ def no_freshness(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trust every directory mtime (tests that count exactly which directories are listed)."""
     from spoolmig.mirror import worker
 
-    monkeypatch.setattr(worker, "FRESH_CLOCK_WINDOW_NS", 0)
+    monkeypatch.setattr(worker.TreeWorker, "_freshness_limit", lambda self, clock_ns: None)

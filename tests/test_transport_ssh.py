@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -300,3 +301,31 @@ def test_is_cyrus_tells_cyrus_from_postfix() -> None:
     assert not _is_cyrus("/usr/sbin/apache2 -k start")
     assert not _is_cyrus("/usr/sbin/httpd -DFOREGROUND")
     assert _is_cyrus("/usr/lib/cyrus/bin/httpd")
+
+
+# -- the listing's clock -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["sshd", "sftp_only_sshd"])
+def test_a_prepared_walk_dates_its_listing_with_the_source_clock(
+        server: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``date +%s`` before the walks: the mirror judges directory freshness by it (None without a shell)."""
+    srv = request.getfixturevalue(server)
+    srv.start()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cyrus.index").write_bytes(b"x")
+    root = str(tmp_path)
+    with _source(srv) as source:
+        before = time.time_ns()
+        source.prepare_walks([(root, (b"cyrus.*",), ())])
+        listed = [e.path for e in source.walk(root, only_dirs_and=[b"cyrus.*"])]
+        after = time.time_ns()
+        clock = source.listing_clock(root)
+        unprepared = source.listing_clock(root + "/d")
+    assert sorted(listed) == [b"", b"d", b"d/cyrus.index"]
+    if server == "sshd":
+        assert clock is not None and clock % 1_000_000_000 == 0
+        assert before // 1_000_000_000 * 1_000_000_000 <= clock <= after  # same machine, same clock
+    else:
+        assert clock is None
+    assert unprepared is None

@@ -166,7 +166,8 @@ class TreeWorker:
             self.skipped = True
             conn.execute("DELETE FROM seen")
             return
-        self._fresh_from = self._freshness_limit()
+        clock = getattr(source, "listing_clock", None)  # optional in a Source
+        self._fresh_from = self._freshness_limit(clock(tree.root) if clock else None)
         self._diff()
         if self.checksum:
             self._compare_checksums(source)
@@ -179,19 +180,23 @@ class TreeWorker:
                 digest.add(e)
             yield e
 
-    def _freshness_limit(self) -> int | None:
+    def _freshness_limit(self, clock_ns: int | None) -> int | None:
         """Directory mtimes at or after this are too fresh to be trusted next pass.
 
         File times move in clock ticks (whole seconds on ext3 and other old
         file systems, a few milliseconds on Linux), so a message delivered in
         the same tick right after our listing leaves the directory's mtime as
-        we recorded it. No mtime we saw is later than our listing, so the
-        directories in the last second before the newest mtime of this listing
-        are the only ones at risk: they are recorded without their mtime and
-        listed again next pass. The check only applies when that newest mtime is within
-        :data:`FRESH_CLOCK_WINDOW_NS` of our clock (a busy source), so a quiet
-        source costs nothing.
+        we recorded it. Only directories whose mtime is in the tick the
+        listing began in, or later, are at risk: they are recorded without
+        their mtime and listed again next pass. ``clock_ns`` is the source's
+        clock before the listing (:meth:`Source.listing_clock`); a second's
+        margin covers the coarse clock file times are taken from. Without it,
+        the newest mtime listed stands in for the listing's start when it is
+        within :data:`FRESH_CLOCK_WINDOW_NS` of our clock (a busy source),
+        which also takes the burst of changes before it as fresh.
         """
+        if clock_ns is not None:
+            return (clock_ns // 1_000_000_000 - 1) * 1_000_000_000
         newest = self.conn.execute("SELECT max(mtime_ns) FROM seen").fetchone()[0]
         if newest is None or newest < time.time_ns() - FRESH_CLOCK_WINDOW_NS:
             return None

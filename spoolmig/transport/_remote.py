@@ -101,15 +101,24 @@ NAME_ONLY = b"n"
 NAME_FORMAT = r"n\0\0\0\0\0\0%p\0"
 
 
+#: Index of the pseudo section-end record that carries the source's clock (see :func:`walks_command`).
+CLOCK_SECTION = -1
+#: Prints that record; ``date +%s`` is GNU and BSD, anything else (old Solaris) gives -1.
+CLOCK_RECORD = ("t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) t=-1;; esac; "
+                f"printf '=\\0%s\\0{CLOCK_SECTION}\\0\\0\\0\\0\\0' \"$t\"; ")
+
+
 def walks_command(walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]], probe: bool = False) -> str:
     """Several walks in one remote command (one shell start-up instead of one per tree).
 
     Each walk runs in a subshell; after it a record of seven fields,
     ``=``, its exit status, its index, and four empty ones, ends its section
     (``parse_records(..., sections=True)`` yields it as ``(index, status)``).
+    Before the walks, such a record with index :data:`CLOCK_SECTION` carries
+    the source's clock in whole seconds (``date +%s``; -1 where it has none).
     With ``probe``, :data:`PROBE`'s lines come first (up to its ``E`` line).
     """
-    parts = []
+    parts = [CLOCK_RECORD]
     for i, (root, pats, prune) in enumerate(walks):
         parts.append(f"( {walk_script(root, pats, prune)} ); printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; ")
     return wrap((PROBE + "; " if probe else "") + "".join(parts) + "exit 0")

@@ -105,6 +105,15 @@ class Source(Protocol):
         nothing.
         """
 
+    def listing_clock(self, root: str) -> int | None:
+        """The source's clock (ns) taken before the last :meth:`walk` of ``root`` began; None: unknown.
+
+        It dates the listing in the clock file times come from: a directory
+        whose mtime is in the same clock tick as the listing may change again
+        without its mtime moving, so the mirror lists it again next pass.
+        Without it the mirror falls back to a guess from the newest mtime seen.
+        """
+
     def list_dirs(
         self, root: str, dirs: Iterable[bytes], *, stat_globs: Iterable[bytes] | None = None
     ) -> Iterator[Entry | Names]:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import stat as stat_mod
+import time
 from collections.abc import Iterable, Iterator
 
 from spoolmig.errors import TransportError
@@ -46,6 +47,7 @@ class LocalSource:
         self.folder = os.path.abspath(os.fspath(root_folder))
         if not os.path.isdir(self.folder):
             raise TransportError(f"{self.folder}: source folder does not exist or is not a directory")
+        self._clocks: dict[str, int] = {}
 
     def describe(self) -> str:
         return self.folder
@@ -122,6 +124,10 @@ class LocalSource:
 
     # -- listing ------------------------------------------------------------
 
+    def listing_clock(self, root: str) -> int | None:
+        """This machine's clock when the last walk of ``root`` began (the source's files share it)."""
+        return self._clocks.get(root)
+
     def _entry(self, dirfd: int, name: bytes, path: bytes) -> Entry | None:
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -136,6 +142,7 @@ class LocalSource:
         self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = ()
     ) -> Iterator[Entry]:
         """Depth-first, a directory before its contents (like ``find``)."""
+        self._clocks[root] = time.time_ns()
         match = glob_matcher(only_dirs_and)
         pruned = {check_relpath(p) for p in prune}
         rootfd = self._open_root(root)

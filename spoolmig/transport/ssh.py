@@ -155,13 +155,18 @@ class _Combined:
         chunks = itertools.chain((rest,), iter(lambda: recv(1 << 18), b""))
         self.records = _remote.parse_records(chunks, sections=True)
         self.pos = 0  # index of the section the stream is in
+        #: The source's clock (ns) before the walks began, once its record was read; None: unknown.
+        self.clock: int | None = None
 
     def section(self, index: int, what: str) -> Iterator[Entry]:
         try:
             for record in self.records:
                 if not isinstance(record, (Entry, Names)):  # (index, status): a section ends
-                    self.pos += 1
                     done, status = record
+                    if done == _remote.CLOCK_SECTION:
+                        self.clock = status * 1_000_000_000 if status >= 0 else None
+                        continue
+                    self.pos += 1
                     if done == index:
                         self.source._check(what, status, bytes(self.errbuf))
                         if done == self.source._last_section(self):
@@ -223,6 +228,7 @@ class SshSource:
         self.reconnects = 0  # how many times a dropped connection was re-established
         #: Walks started ahead by :meth:`prepare_walks`: key -> (their one command, section index).
         self._prepared: dict[tuple[Any, ...], tuple[_Combined, int]] = {}
+        self._clocks: dict[str, int | None] = {}
         #: Remote commands started on this source (tests count them; a pass should need few).
         self.commands = 0
         #: The fallback when the account has no usable shell (see :mod:`._sftp`).
@@ -705,6 +711,7 @@ class SshSource:
     ) -> Iterator[Entry]:
         """One streamed ``find`` (or an SFTP walk); resumable only until the first entry."""
         root = check_root(root)
+        self._clocks.pop(root, None)
         pats = list(only_dirs_and)
         pruned = [check_relpath(p) for p in prune]
         yielded = False
@@ -793,7 +800,16 @@ class SshSource:
         combined, index = ready
         if combined.generation != conn.generation or index < combined.pos:
             return None
-        return combined.section(index, f"listing {key[0]}")
+        return self._clocked(key[0], combined, combined.section(index, f"listing {key[0]}"))
+
+    def _clocked(self, root: str, combined: _Combined, entries: Iterator[Entry]) -> Iterator[Entry]:
+        """A prepared walk's entries, then the source clock read before them is known."""
+        yield from entries
+        self._clocks[root] = combined.clock
+
+    def listing_clock(self, root: str) -> int | None:
+        """The source's ``date +%s`` before the last walk of ``root`` (prepared walks only; else None)."""
+        return self._clocks.get(check_root(root))
 
     def _walk_shell(self, conn: _Conn, root: str, pats: list[bytes], pruned: list[bytes]) -> Iterator[Entry]:
         prepared = self._take_prepared(conn, (root, tuple(pats), tuple(pruned)))
