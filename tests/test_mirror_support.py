@@ -124,8 +124,11 @@ def assert_state_matches_disk(mirror: Path) -> None:
     conn = sqlite3.connect(mirror / ".spoolmig" / "state.sqlite")
     try:
         rows = conn.execute("SELECT tree, path, kind, size, mtime_ns, mode, link, stale FROM files").fetchall()
+        totals = conn.execute("SELECT files, bytes FROM totals").fetchone()
     finally:
         conn.close()
+    recorded = [r[3] for r in rows if r[2] == "f" and r[3] >= 0]
+    assert totals == (len(recorded), sum(recorded)), "the totals triggers lost count"
     known = set()
     for tree, path, kind, size, mtime_ns, mode, link, stale in rows:
         full = os.fsencode(mirror / tree) + (b"/" + path if path else b"")

@@ -326,8 +326,7 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
             report.differ("the source changed during the final pass (its listing before and after differ)")
         if report.differences_total == 0:
             report.statement = f"replica equals source: {files} files, {size} bytes"
-    report.figures["replica_files"], report.figures["replica_bytes"] = st.replica_totals(
-        workers[0].conn, report.pass_id, changed=any(w.recorded for w in workers))
+    report.figures["replica_files"], report.figures["replica_bytes"] = st.replica_totals(workers[0].conn)
 
 
 def recover_interrupted(conn, replica: Replica, trees: list[Tree]) -> None:  # noqa: ANN001

@@ -73,7 +73,7 @@ def _read(conn: sqlite3.Connection, quiet_wait: float) -> Status:
         "SELECT sum(kind = 'f'), coalesce(sum(CASE WHEN kind = 'f' THEN size END), 0), count(*)"
         " FROM files WHERE size >= 0").fetchone()
     meta = conn.execute(
-        "SELECT coalesce(sum(size), 0) FROM files WHERE kind = 'f' AND size >= 0 AND cls = ?",
+        "SELECT coalesce(sum(size), 0) FROM files WHERE kind = 'f' AND size >= 0 AND cls > 0 AND cls = ?",
         (CLS_META,)).fetchone()[0]
     replica = {"files": int(files or 0), "bytes": int(size), "entries": int(entries), "metadata_bytes": int(meta)}
     passes = [_shown(r) for r in rows[-RECENT:]]

@@ -87,8 +87,19 @@ _DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns
     OR f.mode <> s.mode OR (s.kind = 'f' AND f.inode <> s.inode AND f.inode <> 0 AND s.inode <> 0)
     OR f.link IS NOT s.link)"""
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = f.kind)"
-_UPSERT = ("INSERT OR REPLACE INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link,"
-           " stale) VALUES(?,?,?,?,?,?,?,?,?,?,?)")
+#: Record an entry. A path's dir and cls follow from the path and kind, so a row of the same kind is
+#: updated without them, leaving the files_dir and files_listed entries (pages) alone; a row of
+#: another kind is deleted first (:data:`_DROP_OTHER_KIND`). Never REPLACE: it skips the totals triggers.
+_UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
+           " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(tree, path) DO UPDATE SET size = excluded.size,"
+           " mtime_ns = excluded.mtime_ns, mode = excluded.mode, inode = excluded.inode, link = excluded.link,"
+           " stale = excluded.stale")
+_DROP_OTHER_KIND = "DELETE FROM main.files WHERE tree = ? AND path = ? AND kind <> ?"
+
+
+def _other_kind(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """(tree, path, kind) of :data:`_UPSERT` rows, for :data:`_DROP_OTHER_KIND`."""
+    return [(r[0], r[1], r[3]) for r in rows]
 _MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
                " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
 
@@ -120,8 +131,6 @@ class TreeWorker:
         self.touched: set[bytes] = set()
         self._progress: Progress | None = None
         self._fresh_from: int | None = None
-        #: Did this pass record or forget any file (so the replica's totals may have moved)?
-        self.recorded = False
         #: ``dels`` rows (path, kind, replaced) deleted only after the hard links (:meth:`_delete`).
         self._put_off_dels: list[tuple[bytes, str, int]] = []
         #: (path, size) of recorded message files a by-name listing no longer shows (:meth:`_compare_names`).
@@ -384,7 +393,7 @@ class TreeWorker:
             conn.execute(ins + f"main.files f WHERE f.tree = ? AND {_NOT_SEEN}", (name,))
         else:
             conn.execute(
-                "INSERT INTO gone SELECT f.path FROM main.files f WHERE f.tree = ? AND f.cls = ?"
+                "INSERT INTO gone SELECT f.path FROM main.files f WHERE f.tree = ? AND f.cls > 0 AND f.cls = ?"
                 " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = 'd')", (name, CLS_DIR))
             conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.cls > 0 AND {_NOT_SEEN}", (name,))
             # Driven by the few relisted/gone directories, through files_dir: left to itself SQLite's
@@ -620,7 +629,7 @@ class TreeWorker:
             " AND t.size = d.size AND t.mtime_ns = d.mtime_ns AND t.path <> d.first)")
         conn.execute(
             f"UPDATE todo SET later = 1 WHERE id IN (SELECT t.id FROM todo t CROSS JOIN main.files f"
-            f" ON f.tree = ? AND f.inode = t.inode AND f.kind = 'f' AND f.stale = 0 AND f.size = t.size"
+            f" INDEXED BY files_inode ON f.tree = ? AND f.inode = t.inode AND f.kind = 'f' AND f.stale = 0 AND f.size = t.size"
             f" AND f.mtime_ns = t.mtime_ns AND f.path <> t.path"
             f" WHERE t.kind = 'f' AND t.inode <> 0 AND t.cls = {CLS_PLAIN})", (self.tree.name,))
         conn.execute("COMMIT")
@@ -744,8 +753,8 @@ class TreeWorker:
         """Record a batch of files that are on disk (synced) in one transaction."""
         if not done and not gone and not size:
             return
-        self.recorded = self.recorded or bool(done or gone)
         with st.write(self.conn):
+            self.conn.executemany(_DROP_OTHER_KIND, _other_kind(done))
             self.conn.executemany(_UPSERT, done)
             self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
         for r in done:
@@ -841,6 +850,7 @@ class TreeWorker:
                    for p, d, s, m, mode, ino in rows if p in changed]
         for i in range(0, len(records), CHUNK):
             with st.write(conn):
+                conn.executemany(_DROP_OTHER_KIND, _other_kind(records[i:i + CHUNK]))
                 conn.executemany(_UPSERT, records[i:i + CHUNK])
 
     # ---------------------------------------------------------------- verify
