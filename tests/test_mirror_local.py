@@ -92,6 +92,11 @@ def _rel(server, cfg, path: Path) -> bytes:  # noqa: ANN001
     return os.fsencode(_replica_path(server, cfg, path)[1])
 
 
+def _listed_dirs(server, rec: Recording) -> set[bytes]:  # noqa: ANN001
+    """The directories ``rec`` listed, as absolute source paths."""
+    return {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+
+
 @pytest.mark.usefixtures("no_freshness")
 def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # noqa: ANN001
     server, cfg = setup
@@ -100,7 +105,7 @@ def test_incremental_pass_relists_only_changed_directories(setup) -> None:  # no
     delivered = server.deliver(1)[0]
     expunged = server.expunge(1)[0]
     rec, report = _recorded_pass(cfg)
-    listed_dirs = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    listed_dirs = _listed_dirs(server, rec)
     want = {os.fsencode(delivered.parent), os.fsencode(expunged.parent)}
     assert listed_dirs == want
     fetched = {p.rpartition(b"/")[2] for _, p in rec.fetched}
@@ -443,7 +448,7 @@ def test_a_too_fresh_directory_is_listed_again_but_not_scanned_for_crash_debris(
         self, tree, rel))
     rec = Recording(LocalSource(cfg.source.url.path))
     run_pass(cfg, lambda: rec)
-    listed = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    listed = _listed_dirs(server, rec)
     assert os.fsencode(directory) in listed
     assert scanned == []
     assert_state_matches_disk(Path(cfg.mirror.path))
@@ -485,11 +490,11 @@ def test_a_burst_of_changes_seconds_before_the_listing_is_trusted_when_the_sourc
     wrap = Recording if clock else _NoClock
     rec = wrap(LocalSource(cfg.source.url.path))
     run_pass(cfg, lambda: rec)
-    listed = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    listed = _listed_dirs(server, rec)
     assert {os.fsencode(d) for d in changed} <= listed  # changed: listed this pass
     rec = wrap(LocalSource(cfg.source.url.path))
     run_pass(cfg, lambda: rec)
-    again = {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+    again = _listed_dirs(server, rec)
     if clock:
         assert again == set()
     else:
