@@ -95,13 +95,13 @@ _UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, m
            " mtime_ns = excluded.mtime_ns, mode = excluded.mode, inode = excluded.inode, link = excluded.link,"
            " stale = excluded.stale")
 _DROP_OTHER_KIND = "DELETE FROM main.files WHERE tree = ? AND path = ? AND kind <> ?"
+_MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
+               " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
 
 
 def _other_kind(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """(tree, path, kind) of :data:`_UPSERT` rows, for :data:`_DROP_OTHER_KIND`."""
     return [(r[0], r[1], r[3]) for r in rows]
-_MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
-               " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
 
 
 class TreeWorker:
