@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -144,6 +145,24 @@ def test_a_message_file_replaced_by_a_directory_converges(setup) -> None:  # noq
     victim.mkdir()
     (victim / "inside").write_bytes(b"x")
     _recorded_pass(cfg)
+    _converged(server, cfg)
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_a_directory_replaced_by_a_file_is_recorded_as_the_file(setup) -> None:  # noqa: ANN001
+    """The directory's row goes before the file's is recorded: the state holds the file, the next pass is idle."""
+    server, cfg = setup
+    leaf = next(m for n, m in sorted(server.mailboxes.items())
+                if not any(o.startswith(n + ".") for o in server.mailboxes))
+    directory = server.mailbox_dir(leaf)
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    shutil.rmtree(directory)
+    directory.write_bytes(b"now a file")
+    run_pass(cfg, local_factory(cfg))
+    assert_state_matches_disk(Path(cfg.mirror.path))
+    rec, report = _recorded_pass(cfg)
+    assert rec.fetched == [] and report.figures["files_new"] == 0
     _converged(server, cfg)
 
 

@@ -87,21 +87,15 @@ _DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns
     OR f.mode <> s.mode OR (s.kind = 'f' AND f.inode <> s.inode AND f.inode <> 0 AND s.inode <> 0)
     OR f.link IS NOT s.link)"""
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = f.kind)"
-#: Record an entry. A path's dir and cls follow from the path and kind, so a row of the same kind is
-#: updated without them, leaving the files_dir and files_listed entries (pages) alone; a row of
-#: another kind is deleted first (:data:`_DROP_OTHER_KIND`). Never REPLACE: it skips the totals triggers.
+#: Record an entry. A path's dir and cls follow from the path and kind, and a row of another kind is
+#: gone by then (:meth:`TreeWorker._drop`), so the row is updated without them, leaving the files_dir
+#: and files_listed entries (pages) alone. Never REPLACE: it skips the totals triggers.
 _UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
            " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(tree, path) DO UPDATE SET size = excluded.size,"
            " mtime_ns = excluded.mtime_ns, mode = excluded.mode, inode = excluded.inode, link = excluded.link,"
            " stale = excluded.stale")
-_DROP_OTHER_KIND = "DELETE FROM main.files WHERE tree = ? AND path = ? AND kind <> ?"
 _MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
                " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
-
-
-def _other_kind(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """(tree, path, kind) of :data:`_UPSERT` rows, for :data:`_DROP_OTHER_KIND`."""
-    return [(r[0], r[1], r[3]) for r in rows]
 
 
 class TreeWorker:
@@ -561,27 +555,35 @@ class TreeWorker:
             self._drop(rows[i:i + CHUNK])
 
     def _drop(self, rows: list[tuple[bytes, str, int]]) -> None:
-        """Delete these ``dels`` rows (path, kind, replaced) from the replica; forgotten with the next sync."""
+        """Delete these ``dels`` rows (path, kind, replaced) from the replica.
+
+        The state forgets a path whose kind changed at once, the others with the next sync.
+        """
         assert self.replica is not None
         conn, name, replica = self.conn, self.tree.name, self.replica
         kept = 0
-        dropped = []
+        dropped = []  # in the rows' order: children before their directories
+        other_kind, later = [], []  # forgotten now, or with the next sync
         for path, _kind, replaced in rows:
             if self.delete or replaced or not replica.exists(name, path):
                 dropped.append((name, path))
+                (other_kind if replaced else later).append((name, path))
                 parent = split(path)
                 if parent is not None:
                     self.touched.add(parent)
             else:
                 kept += 1
         if dropped:
+            # A path whose kind changed (a file where a directory was, or the reverse) is forgotten
+            # now, before its new kind is recorded; its directory, marked stale, covers a crash.
             with st.write(conn):
                 self._mark_dirs({split(p) for _, p in dropped})
+                conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", other_kind)
             for _, path in dropped:
                 replica.remove(name, path)
-            # Forgotten by the state with the next batch that is synced anyway (one sync less
-            # per pass); until then their directories are marked stale.
-            self._unsynced_drops.extend(dropped)
+            # The rest is forgotten by the state with the next batch that is synced anyway (one sync
+            # less per pass); until then their directories are marked stale.
+            self._unsynced_drops.extend(later)
         if kept:
             self.report.add(files_kept=kept)
 
@@ -754,7 +756,6 @@ class TreeWorker:
         if not done and not gone and not size:
             return
         with st.write(self.conn):
-            self.conn.executemany(_DROP_OTHER_KIND, _other_kind(done))
             self.conn.executemany(_UPSERT, done)
             self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
         for r in done:
@@ -850,7 +851,6 @@ class TreeWorker:
                    for p, d, s, m, mode, ino in rows if p in changed]
         for i in range(0, len(records), CHUNK):
             with st.write(conn):
-                conn.executemany(_DROP_OTHER_KIND, _other_kind(records[i:i + CHUNK]))
                 conn.executemany(_UPSERT, records[i:i + CHUNK])
 
     # ---------------------------------------------------------------- verify
