@@ -70,8 +70,25 @@ def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None: 
     report = run_pass(cfg, lambda: rec)
     assert rec.fetched == [] and rec.listed == []
     assert report.figures["files_new"] == report.figures["files_changed"] == report.figures["files_deleted"] == 0
-    # partitions are listed the cheap way (dirs + cyrus.* only)
-    assert all(cheap for root, cheap in rec.walks if "spool" in root)
+    # partitions are not walked: what the state knows as directories and cyrus.* files is stat'ed, by path
+    partitions = set(cfg.source.layout.partitions.values())
+    assert not [root for root, _ in rec.walks if root in partitions]
+    stated = {(root, p) for root, p in rec.stated}
+    assert stated == {(cfg.source.layout.partitions[t.removeprefix("partition-")], p)
+                      for t, p in _known(cfg) if t.startswith("partition-")}
+    assert not [p for _, p in stated if p.endswith(b".")]  # no message file
+
+
+def _known(cfg) -> set[tuple[str, bytes]]:  # noqa: ANN001
+    """(tree, path) of the directories and metadata files the state records: what a pass stats to list them."""
+    with sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite") as conn:
+        return set(conn.execute("SELECT tree, path FROM files WHERE cls > 0"))
+
+
+def _message_stats(cfg, rec: Recording, known: set[tuple[str, bytes]]) -> set[bytes]:  # noqa: ANN001
+    """The paths ``rec`` stat'ed besides the known directories and metadata files (``known``)."""
+    trees = {root: f"partition-{name}" for name, root in cfg.source.layout.partitions.items()}
+    return {p for root, p in rec.stated if (trees.get(root), p) not in known}
 
 
 def _recorded_pass(cfg):  # noqa: ANN001, ANN202
@@ -124,9 +141,10 @@ def test_relisted_directories_compare_message_files_by_name(setup) -> None:  # n
     time.sleep(0.01)
     delivered = server.deliver(6)
     server.expunge(3)
+    known = _known(cfg)
     rec, report = _recorded_pass(cfg)
     new = {_rel(server, cfg, d) for d in delivered if d.exists()}
-    assert {p for _, p in rec.stated} == new
+    assert _message_stats(cfg, rec, known) == new
     assert report.figures["files_new"] == len(new) and report.figures["files_deleted"] == 3
     assert report.figures["entries_listed"] >= sum(len(os.listdir(d.parent)) for d in delivered if d.exists())
     _converged(server, cfg)
@@ -180,8 +198,9 @@ def test_a_stale_message_file_in_a_relisted_directory_is_checked_again(setup) ->
     with sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite") as conn:
         assert conn.execute("UPDATE files SET stale = 1 WHERE tree = ? AND path = ?",
                             (tree, os.fsencode(rel))).rowcount == 1
+    known = _known(cfg)
     rec, report = _recorded_pass(cfg)
-    assert {p for _, p in rec.stated} == {_rel(server, cfg, f) for f in (delivered, victim)}
+    assert _message_stats(cfg, rec, known) == {_rel(server, cfg, f) for f in (delivered, victim)}
     assert replica_file.read_bytes() == victim.read_bytes()
     _converged(server, cfg)
 

@@ -69,12 +69,15 @@ CREATE TABLE IF NOT EXISTS files(
     inode INTEGER NOT NULL, link BLOB, stale INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(tree, path)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_dir ON files(tree, dir);
--- what the cheap listing lists (directories, metadata files): message files, most rows and most
--- new rows of a pass, are not in it (queries say "cls > 0" to use it)
-CREATE INDEX IF NOT EXISTS files_listed ON files(tree, cls) WHERE cls > 0;
+-- what an incremental pass stats every time (directories, metadata files), in path order and with
+-- every column it compares: message files, most rows and most new rows of a pass, are not in it
+-- (queries say "cls > 0" to use it)
+CREATE INDEX IF NOT EXISTS files_cheap ON files(tree, path, kind, cls, size, mtime_ns, mode, inode, stale, link)
+    WHERE cls > 0;
 CREATE INDEX IF NOT EXISTS files_stale ON files(tree, path) WHERE stale = 1;
 CREATE INDEX IF NOT EXISTS files_inode ON files(tree, inode) WHERE kind = 'f';
--- indexes of earlier versions (replaced by files_listed and the totals table)
+-- indexes of earlier versions (replaced by files_cheap and the totals table)
+DROP INDEX IF EXISTS files_listed;
 DROP INDEX IF EXISTS files_cls;
 DROP INDEX IF EXISTS files_size;
 CREATE TABLE IF NOT EXISTS passes(

@@ -12,16 +12,20 @@ expunged; only ``cyrus.*`` files change in place):
 
 * full cover (first pass of a tree, config and sieve trees, ``--full``,
   ``--final``): one walk of everything;
-* incremental: one cheap walk (directories and ``cyrus.*`` files only), then
-  ``list_dirs`` of the directories that are new or whose mtime changed, then
-  ``stat`` of the paths the state marks stale. A directory row is written
-  with the mtime seen by the cheap walk, before its entries were listed, and
-  only after all of them were applied, so a change during the pass is seen
-  by the next one.
+* incremental: ``stat`` of every directory and ``cyrus.*`` file the state
+  records, by path (no directory of the source is read: a walk would read
+  every message file's name to find them), compared with the state as the
+  answers stream in; then ``list_dirs`` of the directories whose mtime
+  changed, and of the new directories those listings show, round after
+  round; then ``stat`` of the paths the state marks stale. A directory row is
+  written with the mtime seen before its entries were listed, and only after
+  all of them were applied, so a change during the pass is seen by the next
+  one.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -31,6 +35,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from spoolmig.errors import MirrorError
 from spoolmig.mirror import helpers
 from spoolmig.mirror import state as st
 from spoolmig.mirror.fetcher import CHANGED, NEW, RECOPY, Fetcher, same_mtime, wanted_entries
@@ -48,7 +53,7 @@ from spoolmig.mirror.trees import (
     split,
 )
 from spoolmig.progress import Progress
-from spoolmig.transport.base import Entry, Names, Source
+from spoolmig.transport.base import Entry, KnownPaths, Names, Source
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,8 @@ DROP TABLE IF EXISTS temp.seen; DROP TABLE IF EXISTS temp.relist; DROP TABLE IF 
 DROP TABLE IF EXISTS temp.todo; DROP TABLE IF EXISTS temp.dels; DROP TABLE IF EXISTS temp.disk;
 CREATE TEMP TABLE seen(path BLOB PRIMARY KEY, dir BLOB, kind TEXT, cls INTEGER, size INTEGER,
     mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB) WITHOUT ROWID;
-CREATE TEMP TABLE relist(path BLOB PRIMARY KEY, named INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TEMP TABLE relist(path BLOB PRIMARY KEY, named INTEGER NOT NULL DEFAULT 0, round INTEGER NOT NULL DEFAULT 0)
+    WITHOUT ROWID;
 CREATE TEMP TABLE gone(path BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE todo(id INTEGER PRIMARY KEY, path BLOB UNIQUE, dir BLOB, kind TEXT, cls INTEGER,
     size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER, link BLOB, action INTEGER,
@@ -89,11 +95,17 @@ _DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = f.kind)"
 #: Record an entry. A path's dir and cls follow from the path and kind, and a row of another kind is
 #: gone by then (:meth:`TreeWorker._drop`), so the row is updated without them, leaving the files_dir
-#: and files_listed entries (pages) alone. Never REPLACE: it skips the totals triggers.
+#: entries (pages) alone (and, for message files, files_cheap's). Never REPLACE: it skips the totals triggers.
 _UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
            " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(tree, path) DO UPDATE SET size = excluded.size,"
            " mtime_ns = excluded.mtime_ns, mode = excluded.mode, inode = excluded.inode, link = excluded.link,"
            " stale = excluded.stale")
+#: The rows an incremental pass stats by path (directories and metadata files), a chunk at a time in
+#: path order; every column the comparison with the source needs is in the index.
+_KNOWN = ("SELECT path, kind, size, mtime_ns, mode, inode, stale, link FROM main.files INDEXED BY files_cheap"
+          " WHERE tree = ?1 AND cls > 0")
+#: Is a directory, as listed in ``seen``, to be listed (new, changed, or not trusted)?
+_DIR_CHANGED = "(f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)"
 _MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
                " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
 
@@ -131,6 +143,13 @@ class TreeWorker:
         self._gone_plain: list[tuple[bytes, int]] = []
         #: --final: the cheap-listing digest of this pass's walk.
         self.digest: ListingDigest | None = None
+        #: Metadata files the state records that the source no longer shows as such (:meth:`_stat_known`).
+        self._vanished: list[tuple[bytes]] = []
+        #: Directories a listing of the current round showed (:meth:`_relist` looks for new ones among them).
+        self._listed_dirs: list[bytes] = []
+        self._prune = frozenset(tree.prune)
+        #: The source's clock before the listing the directory mtimes come from (:meth:`_freshness_limit`).
+        self._listed_at: int | None = None
         conn.executescript(_TEMP_TABLES)
 
     # ------------------------------------------------------------------ scan
@@ -140,18 +159,27 @@ class TreeWorker:
         return int(self.conn.execute("SELECT EXISTS(SELECT 1 FROM main.files WHERE tree = ?)",
                                      (self.tree.name,)).fetchone()[0])
 
-    def walk_spec(self) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
-        """``(root, only_dirs_and, prune)`` of the walk :meth:`scan` starts with (a source may start it ahead)."""
+    def walk_spec(self) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]] | KnownPaths:
+        """The listing :meth:`scan` starts with, for a source to start ahead.
+
+        ``(root, only_dirs_and, prune)`` of a walk, or the :class:`KnownPaths`
+        of an incremental listing.
+        """
         tree = self.tree
-        full_cover = self.full or self.final or not tree.cheap or self._prior() == 0
-        return tree.root, () if full_cover else tuple(META_GLOBS), tuple(tree.prune)
+        if self._full_cover(self._prior()):
+            return tree.root, (), tuple(tree.prune)
+        return KnownPaths(tree.root, self._known_paths)
+
+    def _full_cover(self, prior: int) -> bool:
+        """Is the tree walked in full (first pass, config and sieve, --full, --final)?"""
+        return self.full or self.final or not self.tree.cheap or prior == 0
 
     def scan(self, source: Source, progress: Progress | None = None) -> None:
         """List the source, compare with the state, fill ``todo`` and ``dels``."""
         tree, conn = self.tree, self.conn
         self._progress = progress
         prior = self._prior()
-        self.full_cover = self.full or self.final or not tree.cheap or prior == 0
+        self.full_cover = self._full_cover(prior)
         self.reconcile()
         if self.full_cover:
             entries: Iterable[Entry] = source.walk(tree.root, prune=tree.prune)
@@ -159,8 +187,10 @@ class TreeWorker:
                 self.digest = ListingDigest(tree)
                 entries = self._digesting(entries, self.digest)
             self._load(entries)
+            self._listed_at = _clock(source, tree.root)
         else:
-            self._load(source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune))
+            self._stat_known(source)
+            self._listed_at = _clock(source, tree.root)  # before the listings of changed directories
             self._relist(source)
         if conn.execute("SELECT 1 FROM seen WHERE path = x''").fetchone() is None:
             if prior or tree.name != "sieve":
@@ -169,8 +199,7 @@ class TreeWorker:
             self.skipped = True
             conn.execute("DELETE FROM seen")
             return
-        clock = getattr(source, "listing_clock", None)  # optional in a Source
-        self._fresh_from = self._freshness_limit(clock(tree.root) if clock else None)
+        self._fresh_from = self._freshness_limit(self._listed_at)
         self._diff()
         if self.checksum:
             self._compare_checksums(source)
@@ -211,6 +240,7 @@ class TreeWorker:
         suspect = SUSPECT_PATH.search
         filtered = tree.include is not None or tree.exclude is not None
         all_meta, meta = tree.all_meta, META_RE.match
+        pruned = self._prune
         for e in entries:
             if isinstance(e, bytes):
                 continue  # vanished (from stat)
@@ -225,6 +255,8 @@ class TreeWorker:
                             count="skipped")
                 continue
             if filtered and not tree.accepts(path):
+                continue
+            if path in pruned:  # a staging area a listing of its parent shows (a walk never enters it)
                 continue
             head, _, base = path.rpartition(b"/")
             cls = CLS_DIR if kind == "d" else CLS_META if all_meta or meta(base) else CLS_PLAIN  # = Tree.classify
@@ -244,6 +276,8 @@ class TreeWorker:
             conn.executemany(put, files)
             conn.executemany(put_dir, dirs)
             conn.execute("COMMIT")
+            if keep_dirs:
+                self._listed_dirs.extend(d[0] for d in dirs)
             if self._progress is not None:
                 self._progress.advance(len(files) + len(dirs))
             files.clear()
@@ -258,13 +292,77 @@ class TreeWorker:
         self.report.add(entries_listed=n)
         return n
 
+    def _known_rows(self) -> Iterator[tuple[Any, ...]]:
+        """The state's directories and metadata files of this tree, in path order, a chunk at a time."""
+        conn, name = self.conn, self.tree.name
+        rows = conn.execute(_KNOWN + " ORDER BY path LIMIT ?2", (name, CHUNK)).fetchall()
+        while rows:
+            yield from rows
+            rows = conn.execute(_KNOWN + " AND path > ?3 ORDER BY path LIMIT ?2", (name, CHUNK, rows[-1][0])).fetchall()
+
+    def _known_paths(self) -> Iterator[bytes]:
+        return (row[0] for row in self._known_rows())
+
+    def _stat_known(self, source: Source) -> None:
+        """Incremental listing: stat what the state knows to be a directory or metadata file, by path.
+
+        A walk would have to read every directory of the source, message
+        file names included, to find them. Answers stream back in the order
+        asked (:meth:`Source.stat`) and are compared with the state's rows on
+        the fly: every directory goes into ``seen`` (its mtime decides whether
+        it is listed again), a metadata file only if it differs. What vanished,
+        or is of another kind now, is noted for :meth:`_diff`. New entries
+        show in the listings of their (changed) directories (:meth:`_relist`).
+        """
+        conn, tree = self.conn, self.tree
+        pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        unchanged = 0
+        vanished: list[bytes] = []
+        not_dirs: list[bytes] = []  # were directories: nothing below them is read through what is there now
+
+        def paths() -> Iterator[bytes]:
+            for row in self._known_rows():
+                pending.append(row)
+                yield row[0]
+
+        def differing() -> Iterator[Entry]:
+            nonlocal unchanged
+            for got in source.stat(tree.root, paths()):
+                path, kind, size, mtime_ns, mode, inode, stale, link = pending.popleft()
+                if (got if isinstance(got, bytes) else got.path) != path:
+                    raise MirrorError(f"{tree.name}: the source answered a listing out of order "
+                                      f"({show_path(tree.name, path)} expected)")
+                if isinstance(got, bytes):
+                    if kind != "d":
+                        vanished.append(path)  # a directory that is gone is found by its absence from seen
+                    continue
+                if got.kind != kind:
+                    (not_dirs if kind == "d" else vanished).append(path)
+                elif got.kind != "d" and not stale and got.size == size and got.mtime_ns == mtime_ns \
+                        and got.mode & 0o7777 == mode and got.link == link \
+                        and (got.inode == inode or not inode or not got.inode):
+                    unchanged += 1
+                    continue
+                yield got
+
+        self._load(differing())
+        if not_dirs:
+            below = [(p + b"/", p + b"0") for p in not_dirs]  # b"0" follows b"/": the range of paths below p
+            conn.execute("BEGIN")
+            conn.executemany("DELETE FROM seen WHERE path > ? AND path < ?", below)
+            conn.execute("COMMIT")
+            vanished = [p for p in vanished if not any(p.startswith(lo) for lo, _ in below)]
+        self._vanished = [(p,) for p in vanished]
+        if self._progress is not None:
+            self._progress.advance(unchanged)
+        self.report.add(entries_listed=unchanged)
+
     def _relist(self, source: Source) -> None:
-        """Incremental listing: entries of changed directories, stats of stale paths."""
+        """Incremental listing: entries of changed directories (new ones in turn), stats of stale paths."""
         conn, name = self.conn, self.tree.name
         conn.execute(
             "INSERT INTO relist(path) SELECT s.path FROM seen s LEFT JOIN main.files f"
-            " ON f.tree = ? AND f.path = s.path WHERE s.kind = 'd'"
-            " AND (f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)", (name,))
+            f" ON f.tree = ? AND f.path = s.path WHERE s.kind = 'd' AND {_DIR_CHANGED}", (name,))
         relisted = conn.execute("SELECT count(*) FROM relist").fetchone()[0]
         dirs = conn.execute("SELECT count(*) FROM seen WHERE kind = 'd'").fetchone()[0]
         if relisted > max(RELIST_WALK_MIN, RELIST_WALK_FRACTION * dirs):
@@ -274,12 +372,38 @@ class TreeWorker:
             conn.execute("DELETE FROM relist")
             self.full_cover = True
             self._load(source.walk(self.tree.root, prune=self.tree.prune))
+            self._listed_at = _clock(source, self.tree.root)
             return
-        self.report.add(dirs_relisted=relisted)
-        last = None
+        round_ = 0
+        while relisted:
+            self.report.add(dirs_relisted=relisted)
+            self._listed_dirs = []
+            self._list_round(source, round_)
+            round_ += 1
+            # New directories are known only from their parents' listings: they are listed next.
+            if self._listed_dirs:
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO relist(path, round) SELECT s.path, ?2 FROM seen s LEFT JOIN main.files f"
+                    f" ON f.tree = ?3 AND f.path = s.path WHERE s.path = ?1 AND s.kind = 'd' AND {_DIR_CHANGED}",
+                    [(d, round_, name) for d in self._listed_dirs])
+                conn.execute("COMMIT")
+            self._listed_dirs = []
+            relisted = conn.execute("SELECT count(*) FROM relist WHERE round = ?", (round_,)).fetchone()[0]
+        stale = [r[0] for r in conn.execute(
+            "SELECT f.path FROM main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND f.kind <> 'd'"
+            " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path)"
+            " AND (f.dir IS NULL OR f.dir NOT IN (SELECT path FROM relist))", (name,))]
+        if stale:
+            self._load(source.stat(self.tree.root, stale), keep_dirs=True)
+
+    def _list_round(self, source: Source, round_: int) -> None:
+        """List the directories queued for this round, a chunk at a time."""
+        conn, last = self.conn, None
         while True:
             batch = [r[0] for r in conn.execute(
-                "SELECT path FROM relist WHERE ?1 IS NULL OR path > ?1 ORDER BY path LIMIT ?2", (last, CHUNK))]
+                "SELECT path FROM relist WHERE round = ?3 AND (?1 IS NULL OR path > ?1) ORDER BY path LIMIT ?2",
+                (last, CHUNK, round_))]
             if not batch:
                 break
             last = batch[-1]
@@ -288,12 +412,6 @@ class TreeWorker:
             self._load(_set_aside(listing, blocks), keep_dirs=True)
             if blocks:
                 self._compare_names(source, blocks)
-        stale = [r[0] for r in conn.execute(
-            "SELECT f.path FROM main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND f.kind <> 'd'"
-            " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path)"
-            " AND (f.dir IS NULL OR f.dir NOT IN (SELECT path FROM relist))", (name,))]
-        if stale:
-            self._load(source.stat(self.tree.root, stale), keep_dirs=True)
 
     def _compare_names(self, source: Source, blocks: list[Names]) -> None:
         """Message files listed by name only: sets compared, only new names stat'ed.
@@ -389,7 +507,11 @@ class TreeWorker:
             conn.execute(
                 "INSERT INTO gone SELECT f.path FROM main.files f WHERE f.tree = ? AND f.cls > 0 AND f.cls = ?"
                 " AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = 'd')", (name, CLS_DIR))
-            conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.cls > 0 AND {_NOT_SEEN}", (name,))
+            conn.execute(ins + f"main.files f WHERE f.tree = ? AND f.cls > 0 AND f.cls = {CLS_DIR} AND {_NOT_SEEN}",
+                         (name,))
+            # Metadata files the listing found gone, or of another kind (:meth:`_stat_known`).
+            conn.executemany(ins + f"main.files f WHERE f.tree = ? AND f.path = ? AND {_NOT_SEEN}",
+                             [(name, p) for (p,) in self._vanished])
             # Driven by the few relisted/gone directories, through files_dir: left to itself SQLite's
             # planner walks every file of the tree (130 ms of a 1.3 s no-change pass at 209k files), or
             # once per directory (5 s for 200 directories). tests/test_mirror_plans.py holds this.
@@ -922,6 +1044,12 @@ class ListingDigest:
 def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
     """``(root, only_dirs_and, prune)`` of the walk :func:`source_digest` makes."""
     return tree.root, tuple(META_GLOBS) if tree.cheap else (), tuple(tree.prune)
+
+
+def _clock(source: Source, root: str) -> int | None:
+    """The source's clock before its last listing of ``root`` (None: unknown; optional in a Source)."""
+    clock = getattr(source, "listing_clock", None)
+    return clock(root) if clock is not None else None
 
 
 def _set_aside(listing: Iterable[Entry | Names], blocks: list[Names]) -> Iterator[Entry]:

@@ -70,6 +70,23 @@ class Names:
     paths: list[bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class KnownPaths:
+    """A listing by path, asked for ahead: :meth:`Source.stat` of ``paths()`` below ``root``.
+
+    An incremental pass lists a partition by stat'ing the directories and
+    metadata files it knows (no directory read), so a source that starts its
+    listings together (the SSH source's ``prepare_walks``) is given this in
+    place of a walk. ``paths`` gives the same paths, in the same order, every
+    time it is called: once for the source to send them, once for the
+    caller's own :meth:`Source.stat` call, which the source checks against
+    what it sent.
+    """
+
+    root: str
+    paths: Callable[[], Iterator[bytes]]
+
+
 @dataclass(slots=True)
 class Fetched:
     """One file's content as it streams in from :meth:`Source.fetch`.
@@ -106,7 +123,7 @@ class Source(Protocol):
         """
 
     def listing_clock(self, root: str) -> int | None:
-        """The source's clock (ns) taken before the last :meth:`walk` of ``root`` began; None: unknown.
+        """The source's clock (ns) taken before the last :meth:`walk` or :meth:`stat` in ``root`` began; None: unknown.
 
         It dates the listing in the clock file times come from: a directory
         whose mtime is in the same clock tick as the listing may change again
@@ -127,7 +144,12 @@ class Source(Protocol):
         """
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
-        """lstat each path; a vanished path is yielded as its bare ``bytes`` path."""
+        """lstat each path: one result per path, in the order given; a vanished one as its bare ``bytes`` path.
+
+        Symbolic links are reported, never followed, and a path below an
+        ancestor that is no longer a real directory counts as vanished (the
+        kernel would resolve it through the link, outside the tree).
+        """
 
     def fetch(self, root: str, paths: Iterable[bytes | Entry]) -> Iterator[Fetched | bytes]:
         """Stream the contents of regular files, in the order given.

@@ -125,7 +125,7 @@ class LocalSource:
     # -- listing ------------------------------------------------------------
 
     def listing_clock(self, root: str) -> int | None:
-        """This machine's clock when the last walk of ``root`` began (the source's files share it)."""
+        """This machine's clock when the last walk or stat in ``root`` began (the source's files share it)."""
         return self._clocks.get(root)
 
     def _entry(self, dirfd: int, name: bytes, path: bytes) -> Entry | None:
@@ -258,6 +258,7 @@ class LocalSource:
                 os.close(rootfd)
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
+        self._clocks[root] = time.time_ns()
         for path, dirfd, name in self._per_path(root, paths):
             if dirfd is None:
                 yield path

@@ -61,7 +61,7 @@ from spoolmig.transport._common import BUFFER_LIMIT, MiB, buffered, show
 from spoolmig.transport._common import Lost as _Lost
 from spoolmig.transport._sftp import SftpReader
 from spoolmig.transport._tar import TarFormatError, TarStream
-from spoolmig.transport.base import Entry, Fetched, Names
+from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names
 
 if TYPE_CHECKING:
     from spoolmig.config import SourceConfig
@@ -751,7 +751,10 @@ class SshSource:
         if conn.probe is None and not conn.shell and not conn.unprobed:
             return
         keys: list[tuple[Any, ...]] = []
-        for root, pats, prune in walks:
+        for spec in walks:
+            if isinstance(spec, KnownPaths):
+                continue
+            root, pats, prune = spec
             key = (check_root(root), tuple(pats), tuple(check_relpath(p) for p in prune))
             if key not in self._prepared and key not in keys:
                 keys.append(key)
@@ -862,6 +865,7 @@ class SshSource:
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
         root = check_root(root)
+        self._clocks.pop(root, None)
         conn = self._live()
         if not conn.shell:
             yield from self._sftp.stat(root, paths)
