@@ -16,7 +16,7 @@ from sshd import Sshd, source_config
 
 from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import open_source
-from spoolmig.transport.base import Fetched
+from spoolmig.transport.base import Fetched, KnownPaths
 from spoolmig.transport.local import LocalSource
 from spoolmig.transport.ssh import SshSource, _is_cyrus
 
@@ -329,3 +329,83 @@ def test_a_prepared_walk_dates_its_listing_with_the_source_clock(
     else:
         assert clock is None
     assert unprepared is None
+
+
+# -- stats prepared ahead (the incremental listing of known paths) ----------------
+
+
+@pytest.fixture
+def known_trees(tmp_path: Path) -> tuple[str, str, str, list[bytes], list[bytes]]:
+    """Two partitions and a config tree; A's known paths include a swapped-in symlink and a vanished dir."""
+    a, b, c, outside = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "outside"
+    for d in (a / "d1", a / "h" / "-rf", a / "h" / "new\nline", a / "u", b / "x", c / "user", outside):
+        d.mkdir(parents=True)
+    for f in (a / "d1" / "cyrus.header", a / "d1" / "cyrus.index", a / "h" / "-rf" / "cyrus.header",
+              a / "u" / "cyrus.header", b / "x" / "cyrus.index", c / "mailboxes.db", outside / "cyrus.header"):
+        f.write_bytes(b"x" * len(f.name))
+    os.symlink(outside, a / "d2")  # was a directory when the state recorded it
+    known_a = [b"", b"d1", b"d1/cyrus.header", b"d1/cyrus.index", b"d1/gone", b"d2", b"d2/cyrus.header",
+               b"gone", b"gone/cyrus.header", b"h", b"h/-rf", b"h/-rf/cyrus.header", b"h/new\nline",
+               b"u/cyrus.header"]  # the last one's directory not asked: stat'ed again, checked
+    known_b = [b"", b"x", b"x/cyrus.index"]
+    return str(a), str(b), str(c), known_a, known_b
+
+
+def _answers(got: list) -> list:  # noqa: ANN001
+    return [g if isinstance(g, bytes) else (g.path, g.kind, g.size, g.mtime_ns, g.mode, g.inode) for g in got]
+
+
+def test_prepared_stats_answer_as_the_plain_stat_in_the_one_listing_command(
+        up: Sshd, known_trees: tuple[str, str, str, list[bytes], list[bytes]]) -> None:
+    a, b, c, known_a, known_b = known_trees
+    with _source(up) as plain:
+        want_a, want_b = list(plain.stat(a, known_a)), list(plain.stat(b, known_b))
+    with _source(up) as source:
+        source.prepare_walks([(c, (), ()), KnownPaths(a, lambda: iter(known_a)), KnownPaths(b, lambda: iter(known_b))])
+        walked = sorted(e.path for e in source.walk(c))
+        got_a, got_b = list(source.stat(a, known_a)), list(source.stat(b, known_b))
+        clock = source.listing_clock(b)
+        commands = source.commands
+    assert walked == [b"", b"mailboxes.db", b"user"]
+    assert _answers(got_a) == _answers(want_a) and _answers(got_b) == _answers(want_b)
+    by_path = {g if isinstance(g, bytes) else g.path: g for g in got_a}
+    assert by_path[b"d2"].kind == "l"
+    assert by_path[b"d2/cyrus.header"] == b"d2/cyrus.header", "never read through the swapped-in symlink"
+    assert by_path[b"gone/cyrus.header"] == b"gone/cyrus.header" and by_path[b"d1/gone"] == b"d1/gone"
+    assert by_path[b"h/-rf/cyrus.header"].size == len(b"cyrus.header")
+    assert by_path[b"u/cyrus.header"].kind == "f"
+    assert clock is not None
+    assert commands == 2, "one listing command, and the check of the path whose directory was not asked"
+
+
+def test_prepared_stats_taken_out_of_turn_or_not_as_sent(
+        up: Sshd, known_trees: tuple[str, str, str, list[bytes], list[bytes]]) -> None:
+    a, b, _c, known_a, known_b = known_trees
+    with _source(up) as plain:
+        want_b = list(plain.stat(b, known_b))
+    with _source(up) as source:
+        source.prepare_walks([KnownPaths(a, lambda: iter(known_a)), KnownPaths(b, lambda: iter(known_b))])
+        assert _answers(list(source.stat(b, known_b))) == _answers(want_b), "A's answers skipped, never asked"
+        assert source.commands == 1
+    with _source(up) as source:
+        source.prepare_walks([KnownPaths(a, lambda: iter(known_a))])
+        with pytest.raises(TransportError, match="not the ones sent ahead"):
+            list(source.stat(a, [b"", b"d1", b"h"]))
+
+
+def test_a_prepared_stat_survives_a_killed_connection(up: Sshd, many: tuple[str, dict[bytes, bytes]]) -> None:
+    """More answers than the listing window holds, so the kill lands mid-stream: the rest is stat'ed anew."""
+    root, files = many
+    paths = [p for _ in range(8) for d in range(30)
+             for p in [f"d{d}".encode()] + sorted(f for f in files if f.startswith(b"d%d/" % d))]
+    with _source(up) as plain:
+        want = _answers(list(plain.stat(root, paths)))
+    with _source(up, backoff=0.1) as source:
+        source.prepare_walks([KnownPaths(root, lambda: iter(paths))])
+        got = []
+        for i, answer in enumerate(source.stat(root, paths)):
+            if i == 1000:
+                assert up.kill_sessions() >= 1
+            got.append(answer)
+        assert source.reconnects >= 1
+    assert _answers(got) == want

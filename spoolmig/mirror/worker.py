@@ -150,6 +150,10 @@ class TreeWorker:
         self._prune = frozenset(tree.prune)
         #: The source's clock before the listing the directory mtimes come from (:meth:`_freshness_limit`).
         self._listed_at: int | None = None
+        # The pass's tables in memory (a no-change pass spends a tenth of its time writing them to a
+        # temp file), except for a partition walked in full: 200k rows that would count against memory.
+        in_memory = not (tree.cheap and self._full_cover(self._prior()))
+        conn.execute(f"PRAGMA temp_store = {'MEMORY' if in_memory else 'FILE'}")  # before the tables: it drops them
         conn.executescript(_TEMP_TABLES)
 
     # ------------------------------------------------------------------ scan

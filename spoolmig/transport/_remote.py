@@ -4,8 +4,8 @@ Pure functions, no paramiko: the commands are plain POSIX ``sh`` with GNU
 find/xargs/tar/sha256sum. Only configuration-derived strings (a root, prune
 paths, glob patterns) ever appear on a command line, always through
 :func:`shlex.quote`; paths that come from the source travel on the command's
-stdin, NUL-separated, each prefixed with ``./`` so a name such as ``-rf`` can
-never be taken for an option.
+stdin, NUL-separated, each prefixed with ``./`` (or absolute) so a name such
+as ``-rf`` can never be taken for an option.
 
 Every record printed by ``find -printf`` is seven NUL-terminated fields
 (:data:`FIND_FORMAT`); a file name cannot contain NUL, so this framing is
@@ -93,7 +93,7 @@ def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[byte
     return wrap(walk_script(root, only_dirs_and, prune))
 
 
-#: Type field of the record that ends one tree's section in :func:`walks_command`'s output.
+#: Type field of the record that ends one tree's section in :func:`sections_command`'s output.
 SECTION_END = b"="
 #: Type field of a name-only record: a regular file listed without stat (:func:`list_command`).
 NAME_ONLY = b"n"
@@ -101,27 +101,52 @@ NAME_ONLY = b"n"
 NAME_FORMAT = r"n\0\0\0\0\0\0%p\0"
 
 
-#: Index of the pseudo section-end record that carries the source's clock (see :func:`walks_command`).
+#: Index of the pseudo section-end record that carries the source's clock (see :func:`sections_command`).
 CLOCK_SECTION = -1
 #: Prints that record; ``date +%s`` is GNU and BSD, anything else (old Solaris) gives -1.
 CLOCK_RECORD = ("t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) t=-1;; esac; "
                 f"printf '=\\0%s\\0{CLOCK_SECTION}\\0\\0\\0\\0\\0' \"$t\"; ")
 
 
-def walks_command(walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]], probe: bool = False) -> str:
-    """Several walks in one remote command (one shell start-up instead of one per tree).
+def sections_command(scripts: Iterable[str], probe: bool = False) -> str:
+    """Several listings in one remote command (one shell start-up instead of one per tree).
 
-    Each walk runs in a subshell; after it a record of seven fields,
-    ``=``, its exit status, its index, and four empty ones, ends its section
-    (``parse_records(..., sections=True)`` yields it as ``(index, status)``).
-    Before the walks, such a record with index :data:`CLOCK_SECTION` carries
-    the source's clock in whole seconds (``date +%s``; -1 where it has none).
-    With ``probe``, :data:`PROBE`'s lines come first (up to its ``E`` line).
+    Each script (:func:`walk_script`, :func:`stat_stdin_script`) runs in a
+    subshell; after it a record of seven fields, ``=``, its exit status, its
+    index, and four empty ones, ends its section (``parse_records(...,
+    sections=True)`` yields it as ``(index, status)``). Before them, such a
+    record with index :data:`CLOCK_SECTION` carries the source's clock in
+    whole seconds (``date +%s``; -1 where it has none). With ``probe``,
+    :data:`PROBE`'s lines come first (up to its ``E`` line).
     """
     parts = [CLOCK_RECORD]
-    for i, (root, pats, prune) in enumerate(walks):
-        parts.append(f"( {walk_script(root, pats, prune)} ); printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; ")
+    for i, script in enumerate(scripts):
+        parts.append(f"( {script} ); printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; ")
     return wrap((PROBE + "; " if probe else "") + "".join(parts) + "exit 0")
+
+
+def stat_stdin_script() -> str:
+    """lstat of the absolute paths on the command's stdin, in order; a vanished one prints nothing.
+
+    The one part of a :func:`sections_command` that reads its stdin. The
+    paths span several trees, so they are absolute (:func:`stat_arg`): a
+    path that starts with ``/`` is never taken for an option.
+    """
+    return _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'")
+
+
+def stat_prefix(root: str) -> bytes:
+    """What :func:`stat_arg` puts before a relative path of ``root``: the root, then ``/./``.
+
+    A root is normalised and a relative path clean (no ``.`` parts), so the
+    first ``/./`` of an answer's path tells where its root ends.
+    """
+    return root.rstrip("/").encode("utf-8", "surrogateescape") + b"/./"
+
+
+def stat_arg(prefix: bytes, path: bytes) -> bytes:
+    """The absolute argument for ``path`` (``b""``: the root itself, as ``root/.``)."""
+    return prefix + path if path else prefix[:-1]
 
 
 def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:

@@ -80,7 +80,8 @@ class KnownPaths:
     place of a walk. ``paths`` gives the same paths, in the same order, every
     time it is called: once for the source to send them, once for the
     caller's own :meth:`Source.stat` call, which the source checks against
-    what it sent.
+    what it sent. A directory comes before the paths below it (path order
+    does that): its answer vouches for them.
     """
 
     root: str

@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -146,7 +147,7 @@ class _Conn:
 
 
 class _Combined:
-    """The output of :func:`_remote.walks_command`, read section by section, in order."""
+    """The output of :func:`_remote.sections_command`, read section by section, in order."""
 
     def __init__(self, source: SshSource, chan: paramiko.Channel, generation: int,
                  recv: Callable[[int], bytes], errbuf: bytearray, rest: bytes = b"") -> None:
@@ -177,6 +178,90 @@ class _Combined:
         except ValueError as error:
             raise _Lost(str(error)) from None
         raise _Lost("the listing ended early")
+
+
+class _PreparedStat:
+    """The stat section of a combined command: several trees' known paths answered, tree after tree.
+
+    The paths went out on the command's stdin as absolute arguments
+    (:func:`_remote.stat_arg`) and the answers come back in that order, a
+    vanished path printing nothing. Each tree's :meth:`SshSource.stat` takes
+    its share, checking the caller's paths against what was sent, so an
+    answer is only ever taken for the path it was asked for.
+    """
+
+    def __init__(self, combined: _Combined, index: int, sent: bytes, starts: list[tuple[str, int]]) -> None:
+        self.combined, self.index, self.sent = combined, index, sent
+        #: root -> offset in ``sent`` of its first path
+        self.starts = dict(starts)
+        #: A tree's position by the prefix of its answers' paths (its root, then ``/./``).
+        self.order = {_remote.stat_prefix(root): i for i, (root, _) in enumerate(starts)}
+        self.waiting = set(self.starts)  # trees not asked for yet
+        self._records: Iterator[Entry] | None = None
+        self._ahead: tuple[int, Entry] | None = None  # read, not taken: a later path's or tree's
+
+    def _peek(self) -> tuple[int, Entry] | None:
+        """The next answer and its tree's position; None at the section's end."""
+        if self._ahead is None:
+            if self._records is None:
+                self._records = self.combined.section(self.index, "stat of known paths")
+            record = next(self._records, None)
+            if record is None:
+                return None
+            path = record.path
+            cut = path.find(b"/./")
+            tree = self.order.get(path[:cut + 3] if cut >= 0 else path + b"/")
+            if tree is None:
+                raise TransportError(f"the source answered for {show(path)!r}, which was not asked for")
+            self._ahead = (tree, record)
+        return self._ahead
+
+    def answers(self, root: str, paths: Iterable[bytes], asking: list[bytes],
+                recheck: Callable[[bytes], Entry | bytes]) -> Iterator[Entry | bytes]:
+        """:meth:`SshSource.stat` of ``root``'s paths; ``asking`` holds the one not answered yet.
+
+        The kernel resolves a path through a symlink in the middle, so an
+        answer stands only if the path's directory was answered a directory
+        (before it, in this stat): below anything else the path is vanished,
+        and below a directory not asked for it is stat'ed again, checked
+        (``recheck``; a listing of known paths always asks for directories
+        first).
+        """
+        prefix = _remote.stat_prefix(root)
+        tree, pos, sent = self.order[prefix], self.starts[root], self.sent
+        self.waiting.discard(root)
+        dirs: set[bytes] = {b""}  # answered as real directories: what is below them can be trusted
+        others: set[bytes] = set()  # answered as something else, or vanished
+        for path in paths:
+            arg = _remote.stat_arg(prefix, path)  # the same bytes as sent: checked by _stat_args
+            if not sent.startswith(arg + b"\0", pos):
+                raise TransportError(f"the paths to stat below {root} are not the ones sent ahead "
+                                     f"({show(path)!r} was not)")
+            pos += len(arg) + 1
+            asking[:] = [path]
+            answer: Entry | bytes = path  # vanished, unless the next answer is for it
+            while (ahead := self._peek()) is not None and ahead[0] <= tree:
+                if ahead[0] == tree:
+                    if ahead[1].path == arg:
+                        self._ahead = None
+                        answer = ahead[1]._replace(path=path)
+                    break  # else: the answer of a later path
+                self._ahead = None  # an earlier tree's, never asked for
+            if path:
+                parent = path.rpartition(b"/")[0]
+                if parent in others:
+                    answer = path
+                elif parent not in dirs:
+                    answer = recheck(path)
+            (dirs if not isinstance(answer, bytes) and answer.kind == "d" else others).add(path)
+            asking.clear()
+            yield answer
+        line = _remote.fatal_stderr(bytes(self.combined.errbuf))
+        if line is not None:
+            raise TransportError(f"stat in {root} failed on the source: {line}")
+        if not self.waiting:  # the last tree: read the section's end (its exit status is checked there)
+            while self._peek() is not None:
+                self._ahead = None
 
 
 @dataclass
@@ -228,6 +313,8 @@ class SshSource:
         self.reconnects = 0  # how many times a dropped connection was re-established
         #: Walks started ahead by :meth:`prepare_walks`: key -> (their one command, section index).
         self._prepared: dict[tuple[Any, ...], tuple[_Combined, int]] = {}
+        #: Stats started ahead by :meth:`prepare_walks`: root -> the section its answers are in.
+        self._stats: dict[str, _PreparedStat] = {}
         self._clocks: dict[str, int | None] = {}
         #: Remote commands started on this source (tests count them; a pass should need few).
         self.commands = 0
@@ -488,8 +575,14 @@ class SshSource:
 
     # -- channels -----------------------------------------------------------
 
-    def _open(self, conn: _Conn, command: str, stdin: bytes | None, window: int | None = None) -> paramiko.Channel:
-        """Start ``command``; send all of ``stdin`` (bounded by the window) then EOF."""
+    def _open(self, conn: _Conn, command: str, stdin: bytes | None, window: int | None = None,
+              background: bool = False) -> paramiko.Channel:
+        """Start ``command``; send all of ``stdin`` then EOF.
+
+        Sent here, ``stdin`` must fit the remote's window (:data:`_STDIN_LIMIT`);
+        with ``background`` a thread sends it, for a command that reads its
+        stdin only after the caller has read some of its output.
+        """
         try:
             chan = conn.transport.open_session(window_size=window, timeout=self.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as error:
@@ -499,9 +592,12 @@ class SshSource:
         try:
             chan.settimeout(self.io_timeout)
             chan.exec_command(command)
-            if stdin:
-                chan.sendall(stdin)
-            chan.shutdown_write()
+            if background and stdin:
+                threading.Thread(target=_send, args=(chan, stdin), name="spoolmig-stdin", daemon=True).start()
+            else:
+                if stdin:
+                    chan.sendall(stdin)
+                chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as error:
             _quiet_close(chan)
             if not conn.transport.is_active():
@@ -734,16 +830,19 @@ class SshSource:
                                          hint="run the pass again; it resumes from what was copied") from None
                 self._reconnect(conn, str(error))
 
-    def prepare_walks(self, walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]]]) -> None:
-        """Start now, as one remote command, the walks that :meth:`walk` will be asked for, in this order.
+    def prepare_walks(self, walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]] | KnownPaths]) -> None:
+        """Start now, as one remote command, the listings that will be asked for, in this order.
 
-        ``walks`` are ``(root, only_dirs_and, prune)`` as :meth:`walk` takes
-        them. Every remote command has a fixed start-up cost (login shell, rc
-        files): one command for all trees pays it once, and it runs while the
-        capability probe does. The output waits in the channel's window until
-        :meth:`walk` reads it, section by section; a walk asked for out of
-        order, or never, runs or is dropped on its own. A listing is as old as
-        its start, so walks are prepared only just before they are needed.
+        A walk is ``(root, only_dirs_and, prune)`` as :meth:`walk` takes it; a
+        :class:`KnownPaths` is a :meth:`stat` to come. Every remote command has
+        a fixed start-up cost (login shell, rc files): one command for all
+        trees pays it once, and it runs while the capability probe does. The
+        output waits in the channel's window until :meth:`walk` or
+        :meth:`stat` reads it, section by section; one asked for out of order,
+        or never, runs or is dropped on its own. The known paths of
+        consecutive trees share one section, fed by the command's stdin. A
+        listing is as old as its start, so they are prepared only just before
+        they are needed.
         """
         conn = self._conn
         if conn is None or self.force_sftp or not conn.transport.is_active():
@@ -751,19 +850,35 @@ class SshSource:
         if conn.probe is None and not conn.shell and not conn.unprobed:
             return
         keys: list[tuple[Any, ...]] = []
+        scripts: list[str] = []
+        known: list[KnownPaths] = []  # the trees of the stat section, in order
+        stat_at = -1  # its index; closed to more trees once a walk follows it
         for spec in walks:
             if isinstance(spec, KnownPaths):
+                root = check_root(spec.root)
+                if ("stat", root) in self._prepared or any(check_root(k.root) == root for k in known):
+                    continue
+                if stat_at < 0:
+                    stat_at = len(scripts)
+                    keys.append(("stat",))
+                    scripts.append(_remote.stat_stdin_script())
+                elif stat_at != len(scripts) - 1:
+                    continue  # after a walk: its own command, when asked for
+                known.append(KnownPaths(root, spec.paths))
                 continue
             root, pats, prune = spec
             key = (check_root(root), tuple(pats), tuple(check_relpath(p) for p in prune))
             if key not in self._prepared and key not in keys:
                 keys.append(key)
-        if not keys:
+                scripts.append(_remote.walk_script(*key))
+        if not scripts:
             return
+        sent, starts = _stat_args(known)
         probe = conn.unprobed
         try:
             # A small window: output of the trees not being read yet waits on the source, not here.
-            chan = self._open(conn, _remote.walks_command(keys, probe=probe), None, window=_PREPARED_WINDOW)
+            chan = self._open(conn, _remote.sections_command(scripts, probe=probe), sent,
+                              window=_PREPARED_WINDOW, background=True)
         except (_Lost, TransportError):
             return
         errbuf = bytearray()
@@ -790,7 +905,22 @@ class SshSource:
                 return
         combined = _Combined(self, chan, conn.generation, recv, errbuf, rest)
         for i, key in enumerate(keys):
-            self._prepared[key] = (combined, i)
+            if i != stat_at:
+                self._prepared[key] = (combined, i)
+        if known:
+            stat = _PreparedStat(combined, stat_at, sent, starts)
+            for k in known:
+                self._prepared[("stat", k.root)] = (combined, stat_at)
+                self._stats[k.root] = stat
+
+    def _take_stat(self, conn: _Conn, root: str) -> _PreparedStat | None:
+        """The prepared stat of ``root``, if it was prepared on this connection and is still ahead."""
+        stat = self._stats.pop(root, None)
+        if self._prepared.pop(("stat", root), None) is None or stat is None:
+            return None
+        if stat.combined.generation != conn.generation or stat.index < stat.combined.pos:
+            return None
+        return stat
 
     def _last_section(self, combined: _Combined) -> int:
         """The highest section index still wanted from ``combined`` (-1 if none): when read, it is closed."""
@@ -870,6 +1000,20 @@ class SshSource:
         if not conn.shell:
             yield from self._sftp.stat(root, paths)
             return
+        prepared = self._take_stat(conn, root)
+        if prepared is not None:
+            rest, asking = iter(paths), []
+            try:
+                yield from prepared.answers(root, rest, asking, lambda p: list(self._stat(root, [p]))[0])
+                self._clocks[root] = prepared.combined.clock
+                return
+            except _Lost as error:  # go on with the rest as its own command
+                self._reconnect(conn, str(error))
+                paths = itertools.chain(asking, rest)
+        yield from self._stat(root, paths)
+
+    def _stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
+        """:meth:`stat` by batched commands, each checking the paths' directories first."""
 
         def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry | bytes]]:
             pos = 0
@@ -1077,6 +1221,7 @@ class SshSource:
         for combined, _index in self._prepared.values():
             _quiet_close(combined.chan)
         self._prepared.clear()
+        self._stats.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -1145,6 +1290,21 @@ def _readdir(sftp: paramiko.SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAt
     return out
 
 
+def _stat_args(known: list[KnownPaths]) -> tuple[bytes, list[tuple[str, int]]]:
+    """The stat section's stdin, every tree's paths as absolute arguments, and where each tree's start."""
+    parts: list[bytes] = []
+    starts: list[tuple[str, int]] = []
+    offset = 0
+    for k in known:
+        starts.append((k.root, offset))
+        prefix = _remote.stat_prefix(k.root)
+        for path in k.paths():
+            arg = _remote.stat_arg(prefix, check_relpath(path)) + b"\0"
+            parts.append(arg)
+            offset += len(arg)
+    return b"".join(parts), starts
+
+
 def _key(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -1176,6 +1336,15 @@ def _read_all(stream: TarStream, size: int) -> bytes:
         parts.append(data)
         left -= len(data)
     return b"".join(parts)
+
+
+def _send(chan: paramiko.Channel, data: bytes) -> None:
+    """Send a command's stdin from a thread; a failure shows to the reader as a lost command."""
+    try:
+        chan.sendall(data)
+        chan.shutdown_write()
+    except Exception:  # noqa: BLE001 - the channel was closed or the connection dropped
+        pass
 
 
 def _quiet_close(chan: paramiko.Channel) -> None:
