@@ -1,4 +1,4 @@
-"""check_relpath's one-regex fast path refuses exactly what the component-by-component rules refuse."""
+"""The fast paths of both check_relpath functions refuse exactly what the component-by-component rules refuse."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spoolmig.mirror import trees
+from spoolmig.transport._common import check_relpath as transport_check
 
 
 def _by_components(path: bytes) -> bool:
@@ -32,3 +33,20 @@ def test_each_refusal_names_its_reason() -> None:
     assert "absolute" in (trees.check_relpath(b"/etc/passwd") or "")
     assert "'..'" in (trees.check_relpath(b"user/../x") or "")
     assert "temporary" in (trees.check_relpath(b"user/" + trees._TEMP + b"1") or "")
+
+
+def _transport_refuses(path: bytes) -> bool:
+    try:
+        transport_check(path)
+    except ValueError:
+        return True
+    return False
+
+
+@settings(max_examples=3000)
+@given(st.lists(pieces, max_size=10).map(b"".join))
+def test_the_transports_fast_path_agrees_with_the_rules(path: bytes) -> None:
+    """The transport's own check (no temporary-name rule: that is the replica's) skips splitting when it can."""
+    unsafe = path != b"" and (b"\0" in path or path.startswith(b"/")
+                              or any(part in (b"", b".", b"..") for part in path.split(b"/")))
+    assert _transport_refuses(path) == unsafe

@@ -37,6 +37,8 @@ def check_relpath(path: bytes) -> bytes:
         return path
     if path.startswith(b"/") or b"\0" in path:
         raise ValueError(f"not a relative source path: {path!r}")
+    if not (path.startswith(b".") or b"/." in path or b"//" in path or path.endswith(b"/")):
+        return path  # no empty, "." or ".." part possible: the common case, without splitting
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
             raise ValueError(f"not a clean relative source path: {path!r}")
