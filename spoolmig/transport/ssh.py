@@ -3,7 +3,9 @@
 The only module that imports paramiko. Why it is shaped this way:
 
 * Per-file SFTP round trips are the enemy (anchors.md 5.2). A whole tree is
-  listed by one streamed ``find -printf``; files arrive as one POSIX tar
+  listed by one streamed ``find -printf``, and the known paths an incremental
+  pass stats go out with the walks, in the same command
+  (:meth:`SshSource.prepare_walks`); files arrive as one POSIX tar
   stream per batch over one channel, and the next batch's command is started
   before the current one is parsed, so its start-up latency overlaps the
   transfer. Lists of paths travel on the remote command's stdin,
