@@ -59,6 +59,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import _remote
 from spoolmig.transport._fifo import ByteFifo
+from spoolmig.transport._prepared import PreparedStat, stat_args
 from spoolmig.transport._common import check_relpath, check_root, glob_matcher
 from spoolmig.transport._common import BUFFER_LIMIT, MiB, buffered, show
 from spoolmig.transport._common import Lost as _Lost
@@ -182,90 +183,6 @@ class _Combined:
         raise _Lost("the listing ended early")
 
 
-class _PreparedStat:
-    """The stat section of a combined command: several trees' known paths answered, tree after tree.
-
-    The paths went out on the command's stdin as absolute arguments
-    (:func:`_remote.stat_arg`) and the answers come back in that order, a
-    vanished path printing nothing. Each tree's :meth:`SshSource.stat` takes
-    its share, checking the caller's paths against what was sent, so an
-    answer is only ever taken for the path it was asked for.
-    """
-
-    def __init__(self, combined: _Combined, index: int, sent: bytes, starts: list[tuple[str, int]]) -> None:
-        self.combined, self.index, self.sent = combined, index, sent
-        #: root -> offset in ``sent`` of its first path
-        self.starts = dict(starts)
-        #: A tree's position by the prefix of its answers' paths (its root, then ``/./``).
-        self.order = {_remote.stat_prefix(root): i for i, (root, _) in enumerate(starts)}
-        self.waiting = set(self.starts)  # trees not asked for yet
-        self._records: Iterator[Entry] | None = None
-        self._ahead: tuple[int, Entry] | None = None  # read, not taken: a later path's or tree's
-
-    def _peek(self) -> tuple[int, Entry] | None:
-        """The next answer and its tree's position; None at the section's end."""
-        if self._ahead is None:
-            if self._records is None:
-                self._records = self.combined.section(self.index, "stat of known paths")
-            record = next(self._records, None)
-            if record is None:
-                return None
-            path = record.path
-            cut = path.find(b"/./")
-            tree = self.order.get(path[:cut + 3] if cut >= 0 else path + b"/")
-            if tree is None:
-                raise TransportError(f"the source answered for {show(path)!r}, which was not asked for")
-            self._ahead = (tree, record)
-        return self._ahead
-
-    def answers(self, root: str, paths: Iterable[bytes], asking: list[bytes],
-                recheck: Callable[[bytes], Entry | bytes]) -> Iterator[Entry | bytes]:
-        """:meth:`SshSource.stat` of ``root``'s paths; ``asking`` holds the one not answered yet.
-
-        The kernel resolves a path through a symlink in the middle, so an
-        answer stands only if the path's directory was answered a directory
-        (before it, in this stat): below anything else the path is vanished,
-        and below a directory not asked for it is stat'ed again, checked
-        (``recheck``; a listing of known paths always asks for directories
-        first).
-        """
-        prefix = _remote.stat_prefix(root)
-        tree, pos, sent = self.order[prefix], self.starts[root], self.sent
-        self.waiting.discard(root)
-        dirs: set[bytes] = {b""}  # answered as real directories: what is below them can be trusted
-        others: set[bytes] = set()  # answered as something else, or vanished
-        for path in paths:
-            arg = _remote.stat_arg(prefix, path)  # the same bytes as sent: checked by _stat_args
-            if not sent.startswith(arg + b"\0", pos):
-                raise TransportError(f"the paths to stat below {root} are not the ones sent ahead "
-                                     f"({show(path)!r} was not)")
-            pos += len(arg) + 1
-            asking[:] = [path]
-            answer: Entry | bytes = path  # vanished, unless the next answer is for it
-            while (ahead := self._peek()) is not None and ahead[0] <= tree:
-                if ahead[0] == tree:
-                    if ahead[1].path == arg:
-                        self._ahead = None
-                        answer = ahead[1]._replace(path=path)
-                    break  # else: the answer of a later path
-                self._ahead = None  # an earlier tree's, never asked for
-            if path:
-                parent = path.rpartition(b"/")[0]
-                if parent in others:
-                    answer = path
-                elif parent not in dirs:
-                    answer = recheck(path)
-            (dirs if not isinstance(answer, bytes) and answer.kind == "d" else others).add(path)
-            asking.clear()
-            yield answer
-        line = _remote.fatal_stderr(bytes(self.combined.errbuf))
-        if line is not None:
-            raise TransportError(f"stat in {root} failed on the source: {line}")
-        if not self.waiting:  # the last tree: read the section's end (its exit status is checked there)
-            while self._peek() is not None:
-                self._ahead = None
-
-
 @dataclass
 class _Pending:
     """A command started with the directory-symlink check folded in; its first byte is the check's answer."""
@@ -316,7 +233,7 @@ class SshSource:
         #: Walks started ahead by :meth:`prepare_walks`: key -> (their one command, section index).
         self._prepared: dict[tuple[Any, ...], tuple[_Combined, int]] = {}
         #: Stats started ahead by :meth:`prepare_walks`: root -> the section its answers are in.
-        self._stats: dict[str, _PreparedStat] = {}
+        self._stats: dict[str, PreparedStat] = {}
         self._clocks: dict[str, int | None] = {}
         #: Remote commands started on this source (tests count them; a pass should need few).
         self.commands = 0
@@ -875,7 +792,7 @@ class SshSource:
                 scripts.append(_remote.walk_script(*key))
         if not scripts:
             return
-        sent, starts = _stat_args(known)
+        sent, starts = stat_args(known)
         probe = conn.unprobed
         try:
             # A small window: output of the trees not being read yet waits on the source, not here.
@@ -910,12 +827,12 @@ class SshSource:
             if i != stat_at:
                 self._prepared[key] = (combined, i)
         if known:
-            stat = _PreparedStat(combined, stat_at, sent, starts)
+            stat = PreparedStat(combined, stat_at, sent, starts)
             for k in known:
                 self._prepared[("stat", k.root)] = (combined, stat_at)
                 self._stats[k.root] = stat
 
-    def _take_stat(self, conn: _Conn, root: str) -> _PreparedStat | None:
+    def _take_stat(self, conn: _Conn, root: str) -> PreparedStat | None:
         """The prepared stat of ``root``, if it was prepared on this connection and is still ahead."""
         stat = self._stats.pop(root, None)
         if self._prepared.pop(("stat", root), None) is None or stat is None:
@@ -1290,21 +1207,6 @@ def _readdir(sftp: paramiko.SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAt
     finally:
         sftp._request(CMD_CLOSE, handle)
     return out
-
-
-def _stat_args(known: list[KnownPaths]) -> tuple[bytes, list[tuple[str, int]]]:
-    """The stat section's stdin, every tree's paths as absolute arguments, and where each tree's start."""
-    parts: list[bytes] = []
-    starts: list[tuple[str, int]] = []
-    offset = 0
-    for k in known:
-        starts.append((k.root, offset))
-        prefix = _remote.stat_prefix(k.root)
-        for path in k.paths():
-            arg = _remote.stat_arg(prefix, check_relpath(path)) + b"\0"
-            parts.append(arg)
-            offset += len(arg)
-    return b"".join(parts), starts
 
 
 def _key(value: Any) -> bytes:
