@@ -104,6 +104,7 @@ _UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, m
 #: path order; every column the comparison with the source needs is in the index.
 _KNOWN = ("SELECT path, kind, size, mtime_ns, mode, inode, stale, link FROM main.files INDEXED BY files_cheap"
           " WHERE tree = ?1 AND cls > 0")
+_KNOWN_PATHS = "SELECT path" + _KNOWN[_KNOWN.index(" FROM "):]
 #: Is a directory, as listed in ``seen``, to be listed (new, changed, or not trusted)?
 _DIR_CHANGED = "(f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)"
 _MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
@@ -296,16 +297,17 @@ class TreeWorker:
         self.report.add(entries_listed=n)
         return n
 
-    def _known_rows(self) -> Iterator[tuple[Any, ...]]:
+    def _known_rows(self, query: str = _KNOWN) -> Iterator[tuple[Any, ...]]:
         """The state's directories and metadata files of this tree, in path order, a chunk at a time."""
         conn, name = self.conn, self.tree.name
-        rows = conn.execute(_KNOWN + " ORDER BY path LIMIT ?2", (name, CHUNK)).fetchall()
+        rows = conn.execute(query + " ORDER BY path LIMIT ?2", (name, CHUNK)).fetchall()
         while rows:
             yield from rows
-            rows = conn.execute(_KNOWN + " AND path > ?3 ORDER BY path LIMIT ?2", (name, CHUNK, rows[-1][0])).fetchall()
+            rows = conn.execute(query + " AND path > ?3 ORDER BY path LIMIT ?2", (name, CHUNK, rows[-1][0])).fetchall()
 
     def _known_paths(self) -> Iterator[bytes]:
-        return (row[0] for row in self._known_rows())
+        """The paths of :meth:`_known_rows`, alone (a third of the time: sent ahead, compared later)."""
+        return (row[0] for row in self._known_rows(_KNOWN_PATHS))
 
     def _stat_known(self, source: Source) -> None:
         """Incremental listing: stat what the state knows to be a directory or metadata file, by path.

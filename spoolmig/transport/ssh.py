@@ -500,7 +500,9 @@ class SshSource:
 
         Sent here, ``stdin`` must fit the remote's window (:data:`_STDIN_LIMIT`);
         with ``background`` a thread sends it, for a command that reads its
-        stdin only after the caller has read some of its output.
+        stdin only after the caller has read some of its output, and with
+        ``background`` and no ``stdin`` the caller sends it (:func:`_send_behind`)
+        once it has it: the command starts up on the source meanwhile.
         """
         try:
             chan = conn.transport.open_session(window_size=window, timeout=self.connect_timeout)
@@ -511,8 +513,9 @@ class SshSource:
         try:
             chan.settimeout(self.io_timeout)
             chan.exec_command(command)
-            if background and stdin:
-                threading.Thread(target=_send, args=(chan, stdin), name="spoolmig-stdin", daemon=True).start()
+            if background:
+                if stdin is not None:
+                    _send_behind(chan, stdin)
             else:
                 if stdin:
                     chan.sendall(stdin)
@@ -792,14 +795,21 @@ class SshSource:
                 scripts.append(_remote.walk_script(*key))
         if not scripts:
             return
-        sent, starts = stat_args(known)
         probe = conn.unprobed
         try:
             # A small window: output of the trees not being read yet waits on the source, not here.
-            chan = self._open(conn, _remote.sections_command(scripts, probe=probe), sent,
+            chan = self._open(conn, _remote.sections_command(scripts, probe=probe), None,
                               window=_PREPARED_WINDOW, background=True)
         except (_Lost, TransportError):
             return
+        # The known paths are read from the state while the command starts up (its stat section
+        # comes after the walks, so it reads them late anyway); an error here must not leave it waiting.
+        try:
+            sent, starts = stat_args(known)
+        except BaseException:
+            _quiet_close(chan)
+            raise
+        _send_behind(chan, sent)
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
         rest = b""
@@ -1240,6 +1250,11 @@ def _read_all(stream: TarStream, size: int) -> bytes:
         parts.append(data)
         left -= len(data)
     return b"".join(parts)
+
+
+def _send_behind(chan: paramiko.Channel, data: bytes) -> None:
+    """Send a command's stdin, then EOF, from a thread (the command reads it when it gets there)."""
+    threading.Thread(target=_send, args=(chan, data), name="spoolmig-stdin", daemon=True).start()
 
 
 def _send(chan: paramiko.Channel, data: bytes) -> None:
