@@ -83,19 +83,21 @@ class PreparedStat:
         self.waiting.discard(root)
         dirs: set[bytes] = {b""}  # answered as real directories: what is below them can be trusted
         others: set[bytes] = set()  # answered as something else, or vanished
+        peek, entry = self._peek, tuple.__new__  # (a hot loop: once per known path of the spool)
         for path in paths:
-            arg = _remote.stat_arg(prefix, path)  # the same bytes as sent: checked by _stat_args
+            arg = prefix + path if path else prefix[:-1]  # = _remote.stat_arg: the bytes sent
             if not sent.startswith(arg + b"\0", pos):
                 raise TransportError(f"the paths to stat below {root} are not the ones sent ahead "
                                      f"({show(path)!r} was not)")
             pos += len(arg) + 1
-            asking[:] = [path]
+            asking.append(path)
             answer: Entry | bytes = path  # vanished, unless the next answer is for it
-            while (ahead := self._peek()) is not None and ahead[0] <= tree:
+            while (ahead := self._ahead or peek()) is not None and ahead[0] <= tree:
                 if ahead[0] == tree:
-                    if ahead[1].path == arg:
+                    record = ahead[1]
+                    if record[0] == arg:
                         self._ahead = None
-                        answer = ahead[1]._replace(path=path)
+                        answer = entry(Entry, (path, *record[1:]))  # = record._replace(path=path), faster
                     break  # else: the answer of a later path
                 self._ahead = None  # an earlier tree's, never asked for
             if path:

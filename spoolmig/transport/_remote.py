@@ -284,6 +284,7 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
     names: list[bytes] = []
     names_dir = b""
     kinds = _KINDS
+    new = tuple.__new__  # = Entry(...) without the Python-level __new__ call
     for chunk in chunks:
         parts = (rest + chunk).split(b"\0")
         rest = parts.pop()
@@ -314,8 +315,8 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
                 mtime_ns = int(t[:dot]) * 1_000_000_000 + int(t[dot + 1:dot + 10])
             else:
                 mtime_ns = parse_time_ns(t)
-            yield Entry(path, k, int(fields[i + 2]), mtime_ns, int(fields[i + 1], 8) & 0o7777, int(fields[i + 3]),
-                        fields[i + 5] if k == "l" else None)
+            yield new(Entry, (path, k, int(fields[i + 2]), mtime_ns, int(fields[i + 1], 8) & 0o7777,
+                              int(fields[i + 3]), fields[i + 5] if k == "l" else None))
         del fields[:n]
     if rest or fields:
         raise ValueError("listing ended in the middle of a record")
