@@ -85,14 +85,14 @@ class PreparedStat:
         others: set[bytes] = set()  # answered as something else, or vanished
         peek, entry = self._peek, tuple.__new__  # (a hot loop: once per known path of the spool)
         for path in paths:
-            arg = prefix + path if path else prefix[:-1]  # = _remote.stat_arg: the bytes sent
+            arg = _remote.stat_arg(prefix, path)  # the same bytes as sent: checked by _stat_args
             if not sent.startswith(arg + b"\0", pos):
                 raise TransportError(f"the paths to stat below {root} are not the ones sent ahead "
                                      f"({show(path)!r} was not)")
             pos += len(arg) + 1
             asking.append(path)
             answer: Entry | bytes = path  # vanished, unless the next answer is for it
-            while (ahead := self._ahead or peek()) is not None and ahead[0] <= tree:
+            while (ahead := peek()) is not None and ahead[0] <= tree:
                 if ahead[0] == tree:
                     record = ahead[1]
                     if record[0] == arg:
