@@ -97,30 +97,45 @@ def test_helpers_report_progress_in_bytes(setup, tmp_path: Path, sshd: Sshd) -> 
 
 
 @pytest.mark.usefixtures("small_helpers")
-def test_a_killed_helper_fails_the_pass_in_one_line_and_the_next_pass_converges(setup) -> None:  # noqa: ANN001
+def test_a_killed_helper_fails_the_pass_in_one_line_and_the_next_pass_converges(
+        setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The helper dies after its first synced batch, with work in hand (no timing guesses).
+
+    This process's own fetch waits until the kill, so the helper surely gets
+    chunks; the kill comes from the thread that records the helper's batches,
+    right after recording the first, while the helper still holds unfinished
+    chunks (it can never have said "done").
+    """
     server, cfg = setup
     before = _helper_pids()
     killed: list[int] = []
+    kill_done = threading.Event()
+    receive, take = helpers._receive, helpers.Dispenser.take
 
-    def kill_one() -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not killed:
-            new = _helper_pids() - before
-            if new:
-                time.sleep(0.3)  # let it connect and start writing
-                pid = min(new)
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            time.sleep(0.01)
+    def receive_then_kill(h, next_chunk, progress, report, commit, undelivered) -> None:  # noqa: ANN001
+        def commit_then_kill(*batch: object) -> None:
+            commit(*batch)
+            if not killed:
+                h.proc.send_signal(signal.SIGKILL)
+                h.proc.wait()
+                killed.append(h.proc.pid)
+                kill_done.set()
+        receive(h, next_chunk, progress, report, commit_then_kill, undelivered)
 
-    killer = threading.Thread(target=kill_one)
-    killer.start()
-    with pytest.raises(MirrorError, match=r"fetch helper \d was killed by signal 9"):
+    def take_after_kill(self: helpers.Dispenser) -> list | None:
+        if threading.current_thread().name != "spoolmig-helpers":  # this process's fetch
+            kill_done.wait(30)
+        return take(self)
+
+    monkeypatch.setattr(helpers, "_receive", receive_then_kill)
+    monkeypatch.setattr(helpers.Dispenser, "take", take_after_kill)
+    with pytest.raises(MirrorError, match=r"fetch helper 0 was killed by signal 9 in the middle of the pass"):
         run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2, batch_files=5, batch_bytes=4096))
-    killer.join()
     assert killed
-    assert _helper_pids() - before == set()  # the other helper was stopped too
-    report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2))
+    assert _helper_pids() - before == set()
+    monkeypatch.setattr(helpers, "_receive", receive)
+    monkeypatch.setattr(helpers.Dispenser, "take", take)
+    report = run_pass(cfg, lambda: open_source(cfg.source), Options(helpers=2))  # helpers again
     assert report.exit_code() == 0, report.warnings
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
