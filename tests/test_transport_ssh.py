@@ -18,7 +18,7 @@ from spoolmig.errors import HostKeyError, TransportError
 from spoolmig.transport import open_source
 from spoolmig.transport.base import Fetched, KnownPaths
 from spoolmig.transport.local import LocalSource
-from spoolmig.transport.ssh import SshSource, _is_cyrus
+from spoolmig.transport.ssh import SshSource, _QuickAckSocket, _is_cyrus, _quick_acks
 
 
 def _source(server: Sshd, **kw: object) -> SshSource:
@@ -136,11 +136,48 @@ def test_the_connection_sends_small_messages_at_once(up: Sshd) -> None:
     try:
         sock = source._live().transport.sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert isinstance(sock, _QuickAckSocket)  # and the server's small messages never wait for our ACK
         reconnected = source._connect()  # every connection, not only the first
         assert reconnected.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert isinstance(reconnected.transport.sock, _QuickAckSocket)
+        chan = reconnected.transport.open_session()  # and paramiko works over it
+        chan.exec_command("echo ok")
+        assert chan.makefile().read() == b"ok\n" and chan.recv_exit_status() == 0
         reconnected.transport.close()
     finally:
         source.close()
+
+
+def _quickack(sock: object) -> int:
+    import socket
+
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK)  # type: ignore[attr-defined]
+
+
+def test_quick_ack_socket_keeps_acknowledging_while_a_plain_one_delays() -> None:
+    """After each read the pending ACK goes out at once; a plain socket falls back into delaying them."""
+    import socket
+
+    def after_exchanges(wrap: bool) -> list[int]:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            client = socket.create_connection(server.getsockname())
+            client.settimeout(5)
+            peer, _ = server.accept()
+            if wrap:
+                client = _quick_acks(client)
+                assert client.gettimeout() == 5
+            seen = []
+            with client, peer:
+                for _ in range(5):
+                    client.sendall(b"q")
+                    peer.recv(1)
+                    peer.sendall(b"a")
+                    assert client.recv(1) == b"a"
+                    seen.append(_quickack(client))
+            return seen
+
+    assert after_exchanges(True) == [1] * 5
+    assert 0 in after_exchanges(False)  # what the option fights: delayed-ACK mode comes back
 
 
 def test_nothing_listening_is_a_clean_transport_error(up: Sshd) -> None:
