@@ -72,6 +72,32 @@ def test_incremental_passes_read_only_what_changed(tmp_path: Path, monkeypatch: 
     assert len(statements) > 50
     state = Path(st.state_path(cfg.mirror.path))
     assert _whole_tree_reads(state, statements) == []
+    # what relisted directories hold is read from the index alone, never row by row
+    by_dir = _plans_using(state, statements, "files_by_dir")
+    assert len(by_dir) >= 2, by_dir  # the known names, the deletions
+    assert all("USING COVERING INDEX files_by_dir" in plan for plan, _ in by_dir), by_dir
+
+
+def _plans_using(state: Path, statements: list[str], index: str) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(state)
+    conn.executescript(worker._TEMP_TABLES)
+    found = []
+    for sql in statements:
+        if sql.lstrip().split(None, 1)[0].upper() in ("SELECT", "INSERT") and index in sql:
+            found += [(row[3], " ".join(sql.split())[:200]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql)
+                      if index in row[3]]
+    return found
+
+
+def test_a_state_of_an_earlier_version_gets_the_covering_index(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.sqlite")
+    st.open_state(path).close()
+    old = sqlite3.connect(path)
+    old.executescript("DROP INDEX files_by_dir; CREATE INDEX files_dir ON files(tree, dir);")
+    old.close()
+    conn = st.open_state(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "files_by_dir" in names and "files_dir" not in names
 
 
 def test_the_check_finds_a_whole_tree_read(tmp_path: Path) -> None:

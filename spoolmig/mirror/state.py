@@ -68,7 +68,9 @@ CREATE TABLE IF NOT EXISTS files(
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,
     inode INTEGER NOT NULL, link BLOB, stale INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(tree, path)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS files_dir ON files(tree, dir);
+-- a directory's files with what the relisting compares (its path is the key, in every entry):
+-- no lookup of the row per file (half the time of reading 20k known names of 200 directories)
+CREATE INDEX IF NOT EXISTS files_by_dir ON files(tree, dir, kind, cls, stale, size);
 -- what an incremental pass stats every time (directories, metadata files), in path order and with
 -- every column it compares: message files, most rows and most new rows of a pass, are not in it
 -- (queries say "cls > 0" to use it)
@@ -76,7 +78,8 @@ CREATE INDEX IF NOT EXISTS files_cheap ON files(tree, path, kind, cls, size, mti
     WHERE cls > 0;
 CREATE INDEX IF NOT EXISTS files_stale ON files(tree, path) WHERE stale = 1;
 CREATE INDEX IF NOT EXISTS files_inode ON files(tree, inode) WHERE kind = 'f';
--- indexes of earlier versions (replaced by files_cheap and the totals table)
+-- indexes of earlier versions (replaced by files_cheap, files_by_dir and the totals table)
+DROP INDEX IF EXISTS files_dir;
 DROP INDEX IF EXISTS files_listed;
 DROP INDEX IF EXISTS files_cls;
 DROP INDEX IF EXISTS files_size;

@@ -94,8 +94,9 @@ _DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns
     OR f.link IS NOT s.link)"""
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = f.kind)"
 #: Record an entry. A path's dir and cls follow from the path and kind, and a row of another kind is
-#: gone by then (:meth:`TreeWorker._drop`), so the row is updated without them, leaving the files_dir
-#: entries (pages) alone (and, for message files, files_cheap's). Never REPLACE: it skips the totals triggers.
+#: gone by then (:meth:`TreeWorker._drop`), so the row is updated without them: files_by_dir's entry moves
+#: only when size or stale changes, and for message files files_cheap has none. Never REPLACE: it skips
+#: the totals triggers.
 _UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
            " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(tree, path) DO UPDATE SET size = excluded.size,"
            " mtime_ns = excluded.mtime_ns, mode = excluded.mode, inode = excluded.inode, link = excluded.link,"
@@ -436,7 +437,7 @@ class TreeWorker:
         for i in range(0, len(dirs), _IN_LIMIT):
             part = dirs[i:i + _IN_LIMIT]
             known.update(conn.execute(
-                f"SELECT path, size FROM main.files INDEXED BY files_dir WHERE tree = ? AND dir IN"
+                f"SELECT path, size FROM main.files INDEXED BY files_by_dir WHERE tree = ? AND dir IN"
                 f" ({','.join('?' * len(part))}) AND kind = 'f' AND cls = {CLS_PLAIN} AND stale = 0",
                 (name, *part)).fetchall())
         listed: set[bytes] = set()
@@ -518,10 +519,10 @@ class TreeWorker:
             # Metadata files the listing found gone, or of another kind (:meth:`_stat_known`).
             conn.executemany(ins + f"main.files f WHERE f.tree = ? AND f.path = ? AND {_NOT_SEEN}",
                              [(name, p) for (p,) in self._vanished])
-            # Driven by the few relisted/gone directories, through files_dir: left to itself SQLite's
+            # Driven by the few relisted/gone directories, through files_by_dir: left to itself SQLite's
             # planner walks every file of the tree (130 ms of a 1.3 s no-change pass at 209k files), or
             # once per directory (5 s for 200 directories). tests/test_mirror_plans.py holds this.
-            conn.execute(ins + "relist r CROSS JOIN main.files f INDEXED BY files_dir"
+            conn.execute(ins + "relist r CROSS JOIN main.files f INDEXED BY files_by_dir"
                          f" ON f.tree = ? AND f.dir = r.path WHERE {_NOT_SEEN}"
                          f" AND NOT (r.named AND f.kind = 'f' AND f.cls = {CLS_PLAIN} AND f.stale = 0)",
                          (name,))
@@ -529,7 +530,7 @@ class TreeWorker:
             conn.executemany("INSERT OR IGNORE INTO dels SELECT ?1, 'f', ?2"
                              " WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = ?1 AND s.kind = 'f')",
                              self._gone_plain)
-            conn.execute(ins + "gone g CROSS JOIN main.files f INDEXED BY files_dir ON f.tree = ? AND f.dir = g.path",
+            conn.execute(ins + "gone g CROSS JOIN main.files f INDEXED BY files_by_dir ON f.tree = ? AND f.dir = g.path",
                          (name,))
             conn.execute(ins + f"main.files f INDEXED BY files_stale WHERE f.tree = ? AND f.stale = 1 AND {_NOT_SEEN}",
                          (name,))
