@@ -109,7 +109,8 @@ class PreparedStat:
             (dirs if not isinstance(answer, bytes) and answer.kind == "d" else others).add(path)
             asking.clear()
             yield answer
-        line = _remote.fatal_stderr(bytes(self.combined.errbuf))
+        errors = bytes(self.combined.errbuf)  # still arriving: a last line without its end is not judged yet
+        line = _remote.fatal_stderr(errors[:errors.rfind(b"\n") + 1])
         if line is not None:
             raise TransportError(f"stat in {root} failed on the source: {line}")
         if not self.waiting:  # the last tree: read the section's end (its exit status is checked there)
