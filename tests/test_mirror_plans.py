@@ -41,19 +41,25 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _whole_tree_reads(state: Path, statements: list[str]) -> list[tuple[str, str]]:
     """Statements on a partition tree whose plan reads all its files (EXISTS stops at the first row)."""
-    conn = sqlite3.connect(state)
-    conn.executescript(worker._TEMP_TABLES + "CREATE TEMP TABLE dup(inode, size, mtime_ns, first);")
     found = []
-    for sql in statements:
-        head = sql.lstrip().split(None, 1)[0].upper()
-        if head not in ("SELECT", "INSERT", "UPDATE", "DELETE") or "files" not in sql:
-            continue
+    for plan, sql in _plans(state, statements, "files"):
         if sql.startswith("SELECT EXISTS(") or ("tree = '" in sql and "tree = 'partition-" not in sql):
             continue  # config and sieve are listed in full every pass: reading them whole is the plan
-        for row in conn.execute("EXPLAIN QUERY PLAN " + sql):
-            if WHOLE.search(row[3]):
-                found.append((row[3], " ".join(sql.split())[:200]))
+        if WHOLE.search(plan):
+            found.append((plan, sql[:200]))
     return found
+
+
+def _plans(state: Path, statements: list[str], mentioning: str) -> list[tuple[str, str]]:
+    """(plan line, statement) of every captured query or change whose text mentions ``mentioning``."""
+    conn = sqlite3.connect(state)
+    conn.executescript(worker._TEMP_TABLES + "CREATE TEMP TABLE dup(inode, size, mtime_ns, first);")
+    out = []
+    for sql in statements:
+        head = sql.lstrip().split(None, 1)[0].upper()
+        if head in ("SELECT", "INSERT", "UPDATE", "DELETE") and mentioning in sql:
+            out += [(row[3], " ".join(sql.split())) for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+    return out
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -79,14 +85,7 @@ def test_incremental_passes_read_only_what_changed(tmp_path: Path, monkeypatch: 
 
 
 def _plans_using(state: Path, statements: list[str], index: str) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(state)
-    conn.executescript(worker._TEMP_TABLES)
-    found = []
-    for sql in statements:
-        if sql.lstrip().split(None, 1)[0].upper() in ("SELECT", "INSERT") and index in sql:
-            found += [(row[3], " ".join(sql.split())[:200]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql)
-                      if index in row[3]]
-    return found
+    return [(plan, sql[:200]) for plan, sql in _plans(state, statements, index) if index in plan]
 
 
 def test_a_state_of_an_earlier_version_gets_the_covering_index(tmp_path: Path) -> None:
