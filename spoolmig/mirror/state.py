@@ -42,8 +42,8 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 from spoolmig.errors import MirrorError
 
@@ -173,6 +173,39 @@ def close_state(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
+
+
+#: Rows per statement of :class:`Insert` (bounded again by the build's limit on bound variables).
+ROWS_PER_STATEMENT = 256
+
+
+class Insert(NamedTuple):
+    """An INSERT of many rows a few hundred at a time: ``head VALUES group,group,… tail``.
+
+    ``executemany`` steps its statement once per row, and Python's sqlite3
+    lets go of the GIL around every step: while another thread is busy (the
+    SSH transport's, in a copy) each row then waits for the GIL to come back.
+    Recording a first copy took four times as long as it does alone; one
+    statement of many rows is stepped once.
+    """
+
+    head: str  # "INSERT ... INTO table(columns)"
+    group: str  # one row's values: "(?,?,-1)", a "?" per bound value
+    tail: str = ""  # "ON CONFLICT ..."
+
+    def one(self) -> str:
+        """The statement for a single row (for ``executemany`` and tests)."""
+        return f"{self.head} VALUES{self.group} {self.tail}"
+
+    def many(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        width = self.group.count("?")
+        per = max(1, min(ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+        for i in range(0, len(rows), per):
+            chunk = rows[i:i + per]
+            conn.execute(f"{self.head} VALUES{','.join([self.group] * len(chunk))} {self.tail}",
+                         [v for row in chunk for v in row])
 
 
 @contextlib.contextmanager

@@ -97,10 +97,11 @@ _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind =
 #: gone by then (:meth:`TreeWorker._drop`), so the row is updated without them: files_by_dir's entry moves
 #: only when size or stale changes, and for message files files_cheap has none. Never REPLACE: it skips
 #: the totals triggers.
-_UPSERT = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
-           " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(tree, path) DO UPDATE SET size = excluded.size,"
-           " mtime_ns = excluded.mtime_ns, mode = excluded.mode, inode = excluded.inode, link = excluded.link,"
-           " stale = excluded.stale")
+_UPSERT = st.Insert(
+    "INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)",
+    "(?,?,?,?,?,?,?,?,?,?,?)",
+    "ON CONFLICT(tree, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+    " mode = excluded.mode, inode = excluded.inode, link = excluded.link, stale = excluded.stale")
 #: The rows an incremental pass stats by path (directories and metadata files), a chunk at a time in
 #: path order; every column the comparison with the source needs is in the index.
 _KNOWN = ("SELECT path, kind, size, mtime_ns, mode, inode, stale, link FROM main.files INDEXED BY files_cheap"
@@ -108,8 +109,12 @@ _KNOWN = ("SELECT path, kind, size, mtime_ns, mode, inode, stale, link FROM main
 _KNOWN_PATHS = "SELECT path" + _KNOWN[_KNOWN.index(" FROM "):]
 #: Is a directory, as listed in ``seen``, to be listed (new, changed, or not trusted)?
 _DIR_CHANGED = "(f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)"
-_MARK_STALE = ("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)"
-               " VALUES(?,?,?,?,?,-1,-1,-1,0,NULL,1) ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
+_MARK_STALE = st.Insert("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)",
+                        "(?,?,?,?,?,-1,-1,-1,0,NULL,1)", "ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
+#: A listed entry into ``seen``; a directory already seen keeps its row with ``_KEEP_SEEN``.
+_PUT_SEEN = st.Insert("INSERT OR REPLACE INTO seen", "(?,?,?,?,?,?,?,?,?)")
+_KEEP_SEEN = st.Insert("INSERT OR IGNORE INTO seen", "(?,?,?,?,?,?,?,?,?)")
+_PUT_DISK = st.Insert("INSERT OR REPLACE INTO disk", "(?,?,?,?,?,?)")
 
 
 class TreeWorker:
@@ -271,16 +276,15 @@ class TreeWorker:
     def _load(self, entries: Iterable[Entry | bytes], *, keep_dirs: bool = False) -> int:
         """Insert entries into ``seen``; with ``keep_dirs`` an already seen directory keeps its row."""
         conn = self.conn
-        put = "INSERT OR REPLACE INTO seen VALUES(?,?,?,?,?,?,?,?,?)"
-        put_dir = "INSERT OR IGNORE INTO seen VALUES(?,?,?,?,?,?,?,?,?)" if keep_dirs else put
+        put_dir = _KEEP_SEEN if keep_dirs else _PUT_SEEN
         n = 0
         files: list[tuple[Any, ...]] = []
         dirs: list[tuple[Any, ...]] = []
 
         def flush() -> None:
             conn.execute("BEGIN")
-            conn.executemany(put, files)
-            conn.executemany(put_dir, dirs)
+            _PUT_SEEN.many(conn, files)
+            put_dir.many(conn, dirs)
             conn.execute("COMMIT")
             if keep_dirs:
                 self._listed_dirs.extend(d[0] for d in dirs)
@@ -482,7 +486,7 @@ class TreeWorker:
         with st.write(conn):
             conn.execute(f"UPDATE main.files AS f SET stale = 1 WHERE f.tree = ? AND f.stale = 0 AND NOT {matches}",
                          (tree.name,))
-            conn.executemany(_MARK_STALE, unknown)
+            _MARK_STALE.many(conn, unknown)
         self.report.add(verify_seconds=time.monotonic() - t0)
 
     def _load_disk(self) -> None:
@@ -492,7 +496,7 @@ class TreeWorker:
         walk = self.replica.walk(self.tree.name)
         while rows := list(itertools.islice(walk, CHUNK)):
             conn.execute("BEGIN")
-            conn.executemany("INSERT OR REPLACE INTO disk VALUES(?,?,?,?,?,?)", rows)
+            _PUT_DISK.many(conn, rows)
             conn.execute("COMMIT")
 
     def _diff(self) -> None:
@@ -729,7 +733,7 @@ class TreeWorker:
         for i in range(0, len(new), CHUNK):
             chunk = new[i:i + CHUNK]
             with st.write(conn):
-                conn.executemany(_MARK_STALE, [(name, p, d, "d", CLS_DIR) for p, d in chunk])
+                _MARK_STALE.many(conn, [(name, p, d, "d", CLS_DIR) for p, d in chunk])
                 self._mark_dirs({d for _, d in chunk})
             for path, parent in chunk:
                 self.replica.ensure_dir(name, path)
@@ -888,7 +892,7 @@ class TreeWorker:
         if not done and not gone and not size:
             return
         with st.write(self.conn):
-            self.conn.executemany(_UPSERT, done)
+            _UPSERT.many(self.conn, done)
             self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
         for r in done:
             if r[2] is not None:
@@ -904,7 +908,7 @@ class TreeWorker:
         for i in range(0, len(rows), self.batch_files):
             chunk = rows[i:i + self.batch_files]
             with st.write(conn):
-                conn.executemany(_MARK_STALE, [(name, r[1], r[2], r[3], r[4]) for r in chunk])
+                _MARK_STALE.many(conn, [(name, r[1], r[2], r[3], r[4]) for r in chunk])
                 self._mark_dirs({r[2] for r in chunk})
             done = []
             for r in chunk:
@@ -983,7 +987,7 @@ class TreeWorker:
                    for p, d, s, m, mode, ino in rows if p in changed]
         for i in range(0, len(records), CHUNK):
             with st.write(conn):
-                conn.executemany(_UPSERT, records[i:i + CHUNK])
+                _UPSERT.many(conn, records[i:i + CHUNK])
 
     # ---------------------------------------------------------------- verify
 
