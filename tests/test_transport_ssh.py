@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sshd import Sshd, source_config
 
 from spoolmig.errors import HostKeyError, TransportError
@@ -178,6 +180,85 @@ def test_quick_ack_socket_keeps_acknowledging_while_a_plain_one_delays() -> None
 
     assert after_exchanges(True) == [1] * 5
     assert 0 in after_exchanges(False)  # what the option fights: delayed-ACK mode comes back
+
+
+def _pair() -> tuple[object, object]:
+    """A connected loopback pair: (our reading end as the transport wraps it, the peer)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        client.settimeout(5)
+        peer, _ = server.accept()
+    return _quick_acks(client), peer
+
+
+def _queued(sock: object) -> int:
+    """Bytes the kernel holds for ``sock`` (FIONREAD)."""
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[arg-type]
+
+
+def _wait_queued(sock: object, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while _queued(sock) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _queued(sock) == n
+
+
+def test_one_read_of_the_kernel_serves_many_of_paramikos() -> None:
+    """paramiko asks for a header, then the rest: the first read takes all that is queued."""
+    import socket
+
+    client, peer = _pair()
+    data = bytes(range(256)) * 40
+    with client, peer:  # type: ignore[attr-defined]
+        peer.sendall(data)  # type: ignore[attr-defined]
+        _wait_queued(client, len(data))
+        got = [client.recv(16)]  # type: ignore[attr-defined]
+        assert _queued(client) == 0  # the kernel's queue was taken whole
+        while sum(map(len, got)) < len(data):
+            got.append(client.recv(1000))  # type: ignore[attr-defined]
+        assert b"".join(got) == data and len(got) == 1 + -(-(len(data) - 16) // 1000)
+        peer.sendall(b"xy")  # type: ignore[attr-defined]
+        _wait_queued(client, 2)
+        assert client.recv(1) == b"x"  # type: ignore[attr-defined]
+        with pytest.raises(OSError, match="read ahead"):  # a peek would see the kernel's queue, not "y"
+            client.recv(1, socket.MSG_PEEK)  # type: ignore[attr-defined]
+        assert client.recv(1) == b"y"  # type: ignore[attr-defined]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sends=st.lists(st.integers(1, 70_000), min_size=1, max_size=8),
+       reads=st.lists(st.integers(1, 40_000), min_size=1, max_size=30))
+def test_reads_ahead_return_the_stream_as_sent(sends: list[int], reads: list[int]) -> None:
+    """Whatever the sizes of the sends and of the reads, the bytes come back in order, none lost."""
+    import threading
+
+    client, peer = _pair()
+    data = os.urandom(sum(sends))
+    with client, peer:  # type: ignore[attr-defined]
+        def send() -> None:
+            at = 0
+            for n in sends:
+                peer.sendall(data[at:at + n])  # type: ignore[attr-defined]
+                at += n
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got, i = bytearray(), 0
+        while len(got) < len(data):
+            chunk = client.recv(reads[i % len(reads)])  # type: ignore[attr-defined]
+            assert 0 < len(chunk) <= reads[i % len(reads)]
+            got += chunk
+            i += 1
+        sender.join()
+        assert bytes(got) == data
+        peer.close()  # type: ignore[attr-defined]
+        assert client.recv(10) == b""  # type: ignore[attr-defined]
 
 
 def test_nothing_listening_is_a_clean_transport_error(up: Sshd) -> None:

@@ -103,8 +103,12 @@ class _ChunkPipe(BufferedPipe):
         return self._buffer.peek(limit)  # type: ignore[attr-defined,no-any-return]
 
 
+#: Bytes one read of the SSH socket asks the kernel for (:class:`_QuickAckSocket`).
+READ_AHEAD = 256 * 1024
+
+
 class _QuickAckSocket(socket.socket):
-    """A TCP socket that acknowledges every read at once (Linux ``TCP_QUICKACK``).
+    """A TCP socket that reads ahead and acknowledges every read at once (Linux ``TCP_QUICKACK``).
 
     OpenSSH's sshd leaves Nagle's algorithm on for non-interactive sessions, so
     when it sends two small packets in a row (after login: the hostkeys-00
@@ -112,13 +116,30 @@ class _QuickAckSocket(socket.socket):
     waits until we acknowledge the first, and Linux delays that ACK by 40 ms
     while we have nothing to send. Measured: 44 ms to open the first channel,
     2–3 ms with this. The kernel re-enters delayed-ACK mode by itself, hence
-    the option again after every read (one cheap syscall).
+    the option again after every read of the kernel's queue.
+
+    paramiko reads a packet's exact length, header first (four reads per
+    packet of a copy, each a poll and a recv that let go of the GIL): one
+    read takes what the kernel has, up to :data:`READ_AHEAD`, and the next
+    reads are served from it.
     """
 
+    _ahead: bytes = b""
+    _at = 0
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
+        at, ahead = self._at, self._ahead
+        if at < len(ahead):
+            if flags:
+                raise OSError(f"recv with flags {flags:#x} while {len(ahead) - at} bytes were read ahead")
+            self._at = at + bufsize
+            return ahead[at:at + bufsize]
+        data = super().recv(max(bufsize, READ_AHEAD) if not flags else bufsize, flags)
         self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        return data
+        if len(data) <= bufsize:
+            return data
+        self._ahead, self._at = data, bufsize
+        return data[:bufsize]
 
 
 def _quick_acks(sock: socket.socket) -> socket.socket:
