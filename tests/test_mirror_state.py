@@ -69,6 +69,21 @@ def test_statements_hold_as_many_rows_as_the_variable_limit_allows() -> None:
     assert [sql.count("(") for sql in statements] == [3, 3, 3, 2]
 
 
+def test_any_number_of_rows_takes_few_distinct_statements() -> None:
+    """Statements come in power-of-two sizes: a connection caches a handful, not one per length."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute(TABLE)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    for n in range(1, 300):
+        conn.execute("DELETE FROM t")
+        REPLACE.many(conn, [(i.to_bytes(2, "big"), i, "x", n) for i in range(n)])
+    inserts = {sql.count("),(") + 1 for sql in statements if sql.startswith("INSERT")}
+    assert inserts == {1 << k for k in range(st.ROWS_PER_STATEMENT.bit_length())}
+    conn.set_trace_callback(None)
+    assert conn.execute("SELECT count(*), min(c) FROM t").fetchone() == (299, 299)
+
+
 def test_no_rows_is_no_statement() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     statements: list[str] = []
