@@ -197,7 +197,7 @@ class Insert(NamedTuple):
     tail: str = ""  # "ON CONFLICT ..."
 
     def one(self) -> str:
-        """The statement for a single row (for ``executemany`` and tests)."""
+        """The statement for one row: what ``executemany`` would run (the tests compare with it)."""
         return f"{self.head} VALUES{self.group} {self.tail}"
 
     def many(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
