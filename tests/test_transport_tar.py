@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from spoolmig.transport import _remote
+from spoolmig.transport import _remote, _tar
 from spoolmig.transport._tar import OFFSETS, TarFormatError, TarStream, header_sum, ustar_header
 
 
@@ -83,6 +83,14 @@ def _tree(tmp_path: Path) -> list[bytes]:
         rels.append(name)
     os.symlink("/etc/passwd", tmp_path / "link")
     rels.append(b"link")
+    deep = os.path.join(bytes(tmp_path), b"d" * 120, b"e" * 120)  # a path past ustar's 255 bytes
+    os.makedirs(deep)
+    with open(os.path.join(deep, b"f" * 60), "wb") as f:
+        f.write(b"deep")
+    os.utime(os.path.join(deep, b"f" * 60), ns=(1, 1_600_000_000_123_456_789))
+    rels.append(b"d" * 120 + b"/" + b"e" * 120 + b"/" + b"f" * 60)
+    os.symlink(b"/" + b"t" * 200, os.path.join(bytes(tmp_path), b"longlink"))  # a target past 100 bytes
+    rels.append(b"longlink")
     return rels
 
 
@@ -92,24 +100,63 @@ def _gnu_tar(tmp_path: Path, rels: list[bytes]) -> bytes:
                           capture_output=True, check=False).stdout
 
 
-def test_reads_gnu_tar_posix_stream_exactly(tmp_path: Path) -> None:
-    rels = _tree(tmp_path)
-    data = _gnu_tar(tmp_path, rels)
+def _members(data: bytes, tmp_path: Path, *, exact_ns: bool) -> list[bytes]:
+    """Every member checked against the file it came from; the paths, in stream order."""
     stream = TarStream(io.BytesIO(data).read, chunk=1000)
     seen = []
     while (m := stream.next()) is not None:
         path = _remote.strip_dot(m.path)
         seen.append(path)
         st = os.lstat(os.path.join(bytes(tmp_path), path))
-        if path == b"link":
-            assert not m.is_file and m.linkname == b"/etc/passwd"
+        if path in (b"link", b"longlink"):
+            assert not m.is_file and m.linkname == os.readlink(os.path.join(bytes(tmp_path), path))
             continue
         content = b""
         while chunk := stream.read(7):
             content += chunk
         assert content == (tmp_path / os.fsdecode(path)).read_bytes()
-        assert (m.size, m.mode, m.mtime_ns) == (st.st_size, st.st_mode & 0o7777, st.st_mtime_ns)
-    assert seen == rels, "order kept; the missing file is simply absent"
+        mtime = st.st_mtime_ns if exact_ns else st.st_mtime_ns // 10**9 * 10**9
+        assert (m.size, m.mode, m.mtime_ns) == (st.st_size, st.st_mode & 0o7777, mtime)
+    return seen
+
+
+def test_reads_the_gnu_tar_stream_the_source_sends_exactly(tmp_path: Path) -> None:
+    """Long names and link targets, newlines, non-UTF-8 bytes; mtimes in whole seconds."""
+    rels = _tree(tmp_path)
+    data = _gnu_tar(tmp_path, rels)
+    assert data[257:265] == b"ustar  \0"  # GNU format: no pax headers
+    assert _members(data, tmp_path, exact_ns=False) == rels, "order kept; the missing file is simply absent"
+
+
+def test_reads_a_posix_pax_stream_exactly(tmp_path: Path) -> None:
+    """What the source sent before (and what other tars make): pax records, mtimes to the nanosecond."""
+    rels = _tree(tmp_path)
+    data = subprocess.run(["tar", "--null", "--no-recursion", "--no-unquote", "--format=posix",
+                           "--pax-option=delete=atime,delete=ctime", "-cf", "-", "-T", "-"], cwd=tmp_path,
+                          input=_remote.stdin_paths(rels), capture_output=True, check=True).stdout
+    assert data[257:263] == b"ustar\0"
+    assert _members(data, tmp_path, exact_ns=True) == rels
+
+
+def test_a_gnu_header_keeps_its_name_whatever_follows_at_the_posix_prefix(tmp_path: Path) -> None:
+    """GNU headers keep atime, ctime and sparse maps where POSIX has the prefix: never a path."""
+    (tmp_path / "a").write_bytes(b"x")
+    block = bytearray(_gnu_tar(tmp_path, [b"a"])[:512])
+    block[345:369] = b"%011o\0%011o\0" % (1_700_000_000, 1_700_000_001)  # as --incremental writes them
+    block[148:156] = b"%06o\0 " % header_sum(bytes(block))
+    member = TarStream(io.BytesIO(bytes(block) + b"x".ljust(512, b"\0") + bytes(1024)).read).next()
+    assert member is not None and member.path == b"./a"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    (b"\x80" + (5).to_bytes(11, "big"), 5),
+    (b"\x80" + (2**70).to_bytes(11, "big"), 2**70),
+    (b"\xff" * 12, -1),
+    (b"\xff" * 8 + (-86400 & 0xFFFFFFFF).to_bytes(4, "big"), -86400),
+    (b"00000000017\0", 15),
+])
+def test_numbers_in_octal_and_gnu_base_256(field: bytes, value: int) -> None:
+    assert _tar._octal(field, 0, "mtime") == value
 
 
 def test_damaged_and_truncated_streams(tmp_path: Path) -> None:

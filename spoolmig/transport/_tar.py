@@ -1,4 +1,4 @@
-"""A streaming reader for the POSIX (pax) tar stream that ``tar --format=posix`` sends.
+"""A streaming reader for the tar stream the SSH source's ``tar`` sends (GNU format; POSIX pax read too).
 
 Why not :mod:`tarfile`: it builds a TarInfo with a dozen fields and decodes
 names to str for every member; at 200k small files the per-member cost shows
@@ -8,9 +8,14 @@ documented once, as a construct definition (built on demand by
 :func:`ustar_header`, so importing this module does not import construct),
 which the tests check against the offsets used.
 
-Only what a transport needs is decoded: path (raw bytes, from the ustar
-prefix+name or a pax ``path`` record), type, size, mode and mtime (pax
+Only what a transport needs is decoded: path (raw bytes: a GNU long-name
+member, a pax ``path`` record, or the header's name, after the POSIX
+prefix), type, size, mode and mtime (whole seconds in GNU headers; pax
 ``mtime`` gives nanoseconds). The stream is consumed strictly forward.
+
+The source sends GNU format: one 512-byte header per file, where pax spends
+two more blocks per file on the nanoseconds of its mtime. The listing already
+has those, and a file whose mtime moved to another second shows it anyway.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any
 BLOCK = 512
 
 #: The ustar header (POSIX.1-1988 + pax magic), 512 bytes; numbers are octal ASCII
-#: (GNU tar writes base-256, first byte 0x80, for sizes beyond 8 GiB).
+#: (GNU tar writes base-256 where octal does not fit: first byte 0x80, or 0xff for a negative
+#: number, e.g. an mtime before 1970). A GNU header has the magic "ustar  \0" (six bytes, then
+#: " \0" as the version) and no prefix: its bytes 345-500 hold atime, ctime and sparse maps.
 #:
 #: ======  ====  =========  ==================================================
 #: offset  size  field      meaning
@@ -36,7 +43,7 @@ BLOCK = 512
 #: 124     12    size       data bytes that follow, octal or base-256
 #: 136     12    mtime      seconds since the epoch, octal
 #: 148     8     chksum     sum of header bytes with this field as spaces
-#: 156     1     typeflag   '0'/NUL file, '5' dir, '2' symlink, 'x' pax, 'g' global pax, 'L' GNU long name
+#: 156     1     typeflag   '0'/NUL file, '5' dir, '2' symlink, 'x'/'g' pax, 'L'/'K' GNU long name/link
 #: 157     100   linkname
 #: 257     6     magic      "ustar\0"
 #: 263     2     version    "00"
@@ -44,7 +51,7 @@ BLOCK = 512
 #: 297     32    gname
 #: 329     8     devmajor
 #: 337     8     devminor
-#: 345     155   prefix     prepended to name with "/" when not empty
+#: 345     155   prefix     POSIX only: prepended to name with "/" when not empty
 #: 500     12    pad
 #: ======  ====  =========  ==================================================
 @functools.cache
@@ -118,9 +125,9 @@ class Member:
 
 
 def _octal(field: bytes, offset: int, what: str) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256
-        value = int.from_bytes(field[1:], "big")
-        return value
+    if field[:1] and field[0] & 0x80:  # GNU base-256: the marker bit, then a two's complement number
+        value = int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+        return value - (1 << (8 * len(field) - 1)) if field[0] & 0x40 else value
     text = field.split(b"\0", 1)[0].strip()
     if not text:
         return 0
@@ -217,6 +224,7 @@ class TarStream:
         self.skip_data()
         pax: dict[bytes, bytes] = {}
         longname: bytes | None = None
+        longlink: bytes | None = None
         while True:
             start = self.offset
             block = self._take(BLOCK)
@@ -228,13 +236,15 @@ class TarStream:
             typeflag = block[156:157]
             size = pax[b"size"] if b"size" in pax else None
             size = int(size) if size is not None else _octal(block[124:136], start, "size")
-            if typeflag in (b"x", b"g", b"L"):
+            if typeflag in (b"x", b"g", b"L", b"K"):
                 data = self._take(size)
                 self._take(-size % BLOCK)
                 if typeflag == b"x":
                     pax.update(parse_pax(data))
                 elif typeflag == b"L":
-                    longname = data.rstrip(b"\0")
+                    longname = data.split(b"\0", 1)[0]
+                elif typeflag == b"K":
+                    longlink = data.split(b"\0", 1)[0]
                 continue
             if b"path" in pax:
                 path = pax[b"path"]
@@ -242,7 +252,7 @@ class TarStream:
                 path = longname
             else:
                 name = block[0:100].split(b"\0", 1)[0]
-                prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+                prefix = block[345:500].split(b"\0", 1)[0] if block[257:263] == b"ustar\0" else b""
                 path = prefix + b"/" + name if prefix else name
             mtime_ns = (_time_ns(pax[b"mtime"]) if b"mtime" in pax
                         else _octal(block[136:148], start, "mtime") * 1_000_000_000)
@@ -252,7 +262,7 @@ class TarStream:
                 size=size if typeflag not in (b"1", b"2", b"3", b"4", b"5", b"6") else 0,
                 mode=_octal(block[100:108], start, "mode") & 0o7777,
                 mtime_ns=mtime_ns,
-                linkname=pax.get(b"linkpath", block[157:257].split(b"\0", 1)[0]),
+                linkname=pax.get(b"linkpath", longlink if longlink is not None else block[157:257].split(b"\0", 1)[0]),
             )
             self._left = member.size
             self._pad = -member.size % BLOCK
