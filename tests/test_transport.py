@@ -300,8 +300,7 @@ def test_fetch_content_mtime_mode_size_and_order(src: tuple[Source, str], tree: 
             continue
         entry, data = g
         assert data == tree.files[entry.path], entry.path
-        # bare paths: an SSH source's tar and SFTP headers carry whole seconds (Entries keep the listing's)
-        kind, size, mtime, mode = _expected(tree, entry.path, not isinstance(source, SshSource))
+        kind, size, mtime, mode = _expected(tree, entry.path, _precise(source))
         assert (entry.kind, entry.size, entry.mtime_ns, entry.mode) == ("f", len(data), mtime, mode)
     assert not any(b"TOP SECRET" in g[1] for g in got if not isinstance(g, bytes))
 
@@ -326,7 +325,7 @@ def test_fetch_trusts_the_listing_nanoseconds_only_for_the_same_second_and_size(
     got = [f.entry for f in source.fetch(root, stale) if not isinstance(f, bytes)]
     assert [e.path for e in got] == [b"b/user/bob/2.", b"b/user/bob/cyrus.index"]
     for entry in got:
-        assert entry.mtime_ns == _expected(tree, entry.path, not isinstance(source, SshSource))[2]
+        assert entry.mtime_ns == _expected(tree, entry.path, _precise(source))[2]
 
 
 def test_fetch_skip_and_partial_reads(src: tuple[Source, str], tree: Tree) -> None:

@@ -33,7 +33,8 @@ EXIT_NO_ROOT = 86
 PROBE = (
     "find / -maxdepth 0 -printf 'P%y\\n' 2>/dev/null; "
     "printf 'a\\000' | xargs -0 -r printf 'X%s\\n' 2>/dev/null; "
-    "tar --null --no-unquote --hard-dereference --format=gnu --version >/dev/null 2>&1 && echo T; "
+    "tar --null --no-unquote --hard-dereference --format=posix --pax-option=delete=atime "
+    "--version >/dev/null 2>&1 && echo T; "
     "printf '' | sha256sum >/dev/null 2>&1 && echo S; "
     "/bin/sh -c '[ \"$(printf ab | { head -c 1 >/dev/null; cat; })\" = b ] && echo H' 2>/dev/null; "
     "echo E"
@@ -226,18 +227,19 @@ def checksum_command(root: str, check_bytes: int | None = None) -> str:
 
 
 def tar_command(root: str, check_bytes: int | None = None) -> str:
-    """One tar stream of the listed files, GNU format (one header per file), links never followed.
+    """One POSIX tar stream of the listed files: ns mtimes in pax headers, links never followed.
 
     ``--hard-dereference``: Cyrus hard-links one message into many mailboxes;
     each must arrive as a whole file, not as a link to a member we may skip.
-    ``--no-unquote``: names with backslashes are taken literally. A GNU header
-    holds the mtime in whole seconds (pax spent two more blocks per file on
-    the nanoseconds, which the listing already has).
+    ``--no-unquote``: names with backslashes are taken literally. GNU format
+    (one header per file instead of three) was tried and dropped: by hand it
+    saved 3-8 % of a first copy's CPU, and in the bench it was no faster
+    (BENCHMARKS.md, session 8).
     """
     return wrap(
         enter(root) + checked(check_bytes)
-        + "exec tar --null --no-recursion --no-unquote --hard-dereference --format=gnu "
-        "-cf - -T -"
+        + "exec tar --null --no-recursion --no-unquote --hard-dereference --format=posix "
+        "--pax-option=delete=atime,delete=ctime -cf - -T -"
     )
 
 

@@ -1,4 +1,4 @@
-"""A streaming reader for the tar stream the SSH source's ``tar`` sends (GNU format; POSIX pax read too).
+"""A streaming reader for the POSIX (pax) tar stream that ``tar --format=posix`` sends (and GNU tar's own format).
 
 Why not :mod:`tarfile`: it builds a TarInfo with a dozen fields and decodes
 names to str for every member; at 200k small files the per-member cost shows
@@ -13,9 +13,8 @@ member, a pax ``path`` record, or the header's name, after the POSIX
 prefix), type, size, mode and mtime (whole seconds in GNU headers; pax
 ``mtime`` gives nanoseconds). The stream is consumed strictly forward.
 
-The source sends GNU format: one 512-byte header per file, where pax spends
-two more blocks per file on the nanoseconds of its mtime. The listing already
-has those, and a file whose mtime moved to another second shows it anyway.
+GNU format (long names and link targets as their own members, base-256
+numbers) is read as well: it is what a tar sends by default.
 """
 
 from __future__ import annotations

@@ -1108,8 +1108,9 @@ class SshSource:
                    listed: list[Entry | None]) -> Iterator[tuple[int, Fetched | bytes]]:
         """The members of one tar batch, in order; ``listed`` holds the listing's Entries where given.
 
-        A GNU tar header has whole seconds: a member of the listed size and
-        second keeps the listing's nanoseconds (as an SFTP fetch does).
+        A header without nanoseconds (GNU format, old tars) has whole seconds:
+        a member of the listed size and second keeps the listing's nanoseconds
+        (as an SFTP fetch does).
         """
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
