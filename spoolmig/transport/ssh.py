@@ -1099,19 +1099,12 @@ class SshSource:
             if chan is None:
                 yield 0, self._sftp.fetch(conn, root, batch[0], dirs_ok)
                 return
-            yield from self._parse_tar(conn, chan, root, [path_of(i) for i in batch],
-                                       [i if isinstance(i, Entry) else None for i in batch])
+            yield from self._parse_tar(conn, chan, root, [path_of(i) for i in batch])
 
         yield from self._drive(batches(), start, parse, key=_key)
 
-    def _parse_tar(self, conn: _Conn, chan: paramiko.Channel, root: str, batch: list[bytes],
-                   listed: list[Entry | None]) -> Iterator[tuple[int, Fetched | bytes]]:
-        """The members of one tar batch, in order; ``listed`` holds the listing's Entries where given.
-
-        A header without nanoseconds (GNU format, old tars) has whole seconds:
-        a member of the listed size and second keeps the listing's nanoseconds
-        (as an SFTP fetch does).
-        """
+    def _parse_tar(self, conn: _Conn, chan: paramiko.Channel, root: str, batch: list[bytes]
+                   ) -> Iterator[tuple[int, Fetched | bytes]]:
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
         stream = TarStream(recv, chunk=_WINDOW)  # ask for all that is buffered: no partial reads
@@ -1133,11 +1126,8 @@ class SshSource:
                     yield pos, path
                     pos += 1
                     continue
-                mtime_ns, hint = member.mtime_ns, listed[pos]
-                if hint is not None and hint.size == member.size and \
-                        hint.mtime_ns // 1_000_000_000 == mtime_ns // 1_000_000_000:
-                    mtime_ns = hint.mtime_ns
-                entry = Entry(path=path, kind="f", size=member.size, mtime_ns=mtime_ns, mode=member.mode)
+                entry = Entry(path=path, kind="f", size=member.size, mtime_ns=member.mtime_ns,
+                              mode=member.mode)
                 if member.size <= BUFFER_LIMIT:
                     data = _read_all(stream, member.size)
                     yield pos, buffered(entry, data)
