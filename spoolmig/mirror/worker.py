@@ -515,14 +515,14 @@ class TreeWorker:
         if self.full_cover:
             conn.execute(ins + f"main.files f WHERE f.tree = ? AND {_NOT_SEEN}", (name,))
         else:
-            # The recorded directories, through files_cheap: files_by_dir covers these columns too, and a
-            # state given it by an upgrade (created last) had SQLite walk every file of the tree by it.
+            # The recorded directories no longer listed as such, read once, through files_cheap:
+            # files_by_dir covers these columns too, and a state given it by an upgrade (created last)
+            # had SQLite walk every file of the tree by it. Each is deleted, and below, what it held.
             conn.execute(
                 "INSERT INTO gone SELECT f.path FROM main.files f INDEXED BY files_cheap WHERE f.tree = ?"
                 " AND f.cls > 0 AND f.cls = ? AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path"
                 " AND s.kind = 'd')", (name, CLS_DIR))
-            conn.execute(ins + f"main.files f INDEXED BY files_cheap WHERE f.tree = ? AND f.cls > 0"
-                         f" AND f.cls = {CLS_DIR} AND {_NOT_SEEN}", (name,))
+            conn.execute(ins + "gone g CROSS JOIN main.files f ON f.tree = ? AND f.path = g.path", (name,))
             # Metadata files the listing found gone, or of another kind (:meth:`_stat_known`).
             conn.executemany(ins + f"main.files f WHERE f.tree = ? AND f.path = ? AND {_NOT_SEEN}",
                              [(name, p) for (p,) in self._vanished])
