@@ -67,6 +67,19 @@ def test_chunk_pipe_reads_back_what_was_fed(chunks: list[bytes], sizes: list[int
     assert bytes(out) == b"".join(chunks)
 
 
+def test_chunk_pipe_hands_out_the_first_packet_as_it_came() -> None:
+    """Asked for more than is waiting, a read takes the oldest packet whole: no join, no copy."""
+    pipe = _ChunkPipe()
+    packets = [bytes([i]) * 40_000 for i in range(5)]
+    for p in packets:
+        pipe.feed(p)
+    assert pipe.read(2 << 20, timeout=1) is packets[0]
+    assert pipe.read(10_000, timeout=1) == packets[1][:10_000]  # a smaller read still takes a part
+    assert pipe.read(2 << 20, timeout=1) == packets[1][10_000:]
+    assert [pipe.read(2 << 20, timeout=1) for _ in range(3)] == packets[2:]
+    assert len(pipe) == 0
+
+
 def test_chunk_pipe_wakes_a_waiting_reader() -> None:
     pipe = _ChunkPipe()
     got: list[bytes] = []

@@ -231,6 +231,29 @@ def test_one_read_of_the_kernel_serves_many_of_paramikos() -> None:
         assert client.recv(1) == b"y"  # type: ignore[attr-defined]
 
 
+def test_reading_ahead_allocates_nothing_per_read_of_the_kernel() -> None:
+    """The read-ahead buffer is the socket's own: a fresh 256 KiB block per read was mapped and faulted in."""
+    import tracemalloc
+
+    client, peer = _pair()
+    with client, peer:  # type: ignore[attr-defined]
+        peer.sendall(b"x")  # type: ignore[attr-defined]
+        assert client.recv(1) == b"x"  # type: ignore[attr-defined]
+        payload = os.urandom(60_000)
+        tracemalloc.start()
+        try:
+            for _ in range(3):
+                peer.sendall(payload)  # type: ignore[attr-defined]
+                _wait_queued(client, 60_000)
+                assert len(client.recv(16)) == 16  # type: ignore[attr-defined]
+                assert _queued(client) == 0  # the kernel's queue was read whole
+                assert [len(client.recv(30_000)) for _ in range(2)] == [30_000, 29_984]  # type: ignore[attr-defined]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 40_000  # what was handed out (a 30 kB read at a time), not a buffer per read
+
+
 @settings(max_examples=40, deadline=None)
 @given(sends=st.lists(st.integers(1, 70_000), min_size=1, max_size=8),
        reads=st.lists(st.integers(1, 40_000), min_size=1, max_size=30))

@@ -4,8 +4,10 @@ paramiko keeps a channel's unread bytes in an ``array('B')``: every packet is
 copied in, every read copies out and shifts what is left to the front. With a
 16 MiB window and 1 MiB reads that shift moved ~15 bytes per byte received (a
 third of the mirror's first-copy CPU in the main thread). Kept as the packets'
-own ``bytes`` objects, a read that takes everything costs one join (or none,
-for a single chunk), and a partial read copies at most one chunk's remainder.
+own ``bytes`` objects, a read of the first chunk (what
+:class:`spoolmig.transport.ssh._ChunkPipe` asks for) copies nothing, a read
+that takes everything costs one join, and a partial read copies at most one
+chunk's remainder.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class ByteFifo:
 
     def __len__(self) -> int:
         return self._size
+
+    def first_size(self) -> int:
+        """Bytes in the oldest chunk (0 when empty): a read of this many is handed out as it came."""
+        return len(self._chunks[0]) if self._chunks else 0
 
     def append(self, data: bytes) -> None:
         if data:
