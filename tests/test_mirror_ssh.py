@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,11 @@ from test_mirror_support import (
 from spoolmig import config
 from spoolmig.cli import main
 from spoolmig.errors import TransportError
+from spoolmig.mirror import state as st
+from spoolmig.mirror import worker as worker_mod
 from spoolmig.mirror.engine import Options, run_pass
 from spoolmig.transport import open_source
+from spoolmig.transport.base import UNCHANGED, Entry, Fetched
 
 pytestmark = pytest.mark.ssh
 
@@ -224,3 +231,153 @@ def test_passes_need_few_remote_commands(setup) -> None:  # noqa: ANN001
     assert report.figures["files_new"] == 3
     assert_mirrors(ROOT, cfg)
     assert sum(s.commands for s in opened) <= 1 + 2 * len(server.partitions)
+
+
+class Answers(Wrapper):
+    """Sorts the stat answers: full ones (their paths), "unchanged since the last clean pass" ones (counted)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.full: list[bytes] = []
+        self.unchanged = 0
+
+    def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
+        for answer in self.inner.stat(root, paths):
+            if not isinstance(answer, bytes):
+                if answer.kind == UNCHANGED:
+                    self.unchanged += 1
+                else:
+                    self.full.append(answer.path)
+            yield answer
+
+
+def _listed_clocks(cfg: config.Config) -> dict[str, str]:
+    with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:
+        return dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'listed:%'").fetchall())
+
+
+def _wait_past_since(cfg: config.Config) -> None:
+    """With UNCHANGED_MARGIN_NS at -1 s: until a change has a ctime after the next pass's "since"."""
+    since = max(int(v.split(" ", 1)[0]) for v in _listed_clocks(cfg).values()) + 1_000_000_000
+    while time.time_ns() < since + 50_000_000:
+        time.sleep(0.05)
+
+
+def _index_of(server: Any) -> tuple[Path, bytes]:
+    """A default-partition mailbox's cyrus.index: the file, and its path in the partition's tree."""
+    box = next(m for m in server.mailboxes.values() if server.partition_of[m.name] == "default")
+    index = server.mailbox_dir(box) / "cyrus.index"
+    return index, os.fsencode(index.relative_to(server.path(server.partitions["default"])))
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))  # same size, same inode: only its times say it changed
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_an_incremental_pass_hears_only_of_what_changed_since_the_last_clean_one(
+        setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Paths whose ctime is older than the last clean listing come back as "unchanged", and stand for the state."""
+    server, cfg, _ = setup
+    # "since" a second after the listing began (it is two minutes before): the tree, just made, counts as unchanged
+    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
+    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
+    assert set(_listed_clocks(cfg)) == {f"listed:partition-{p}" for p in server.partitions}  # the others: walked
+    _wait_past_since(cfg)
+    index, rel = _index_of(server)
+    _flip_last_byte(index)
+    (delivered,) = server.deliver(1)
+    box = os.fsencode(delivered.parent.relative_to(server.path(server.partitions[
+        next(p for p, root in server.partitions.items() if delivered.is_relative_to(server.path(root)))])))
+    rec = Answers(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    assert rec.unchanged > 20
+    # in full: the index, and the delivery's mailbox (its directory, its cyrus.* files, the new message)
+    assert rel in rec.full
+    assert all(p == rel or p == box or p.startswith(box + b"/") for p in rec.full), rec.full
+    assert report.figures["files_changed"] >= 1 and report.figures["files_new"] == 1
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def test_a_source_clock_behind_the_last_clean_pass_gets_every_path_stated(
+        setup, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    """If the source's clock went back, "unchanged since" means nothing: the tree is stat'ed again in full."""
+    server, cfg, _ = setup
+    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
+    with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:  # as if the last pass ran an hour from now
+        conn.execute("UPDATE meta SET value = CAST(CAST(substr(value, 1, instr(value, ' ') - 1) AS INTEGER)"
+                     " + 3600000000000 AS TEXT) || substr(value, instr(value, ' ')) WHERE key LIKE 'listed:%'")
+    index, rel = _index_of(server)
+    index.write_bytes(index.read_bytes() + b"\0" * 64)  # a change "before" that pass: answered "unchanged"
+    rec = Answers(open_source(cfg.source))
+    with caplog.at_level(logging.WARNING, logger="spoolmig"):
+        report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    assert rec.unchanged > 0 and rel in rec.full
+    assert any("clock is behind" in r.getMessage() for r in caplog.records)
+    assert report.figures["files_changed"] >= 1
+    assert_mirrors(ROOT, cfg)
+
+
+class Dropping(Wrapper):
+    """A source that never delivers one file (as a read error would leave it)."""
+
+    def __init__(self, inner: Any, path: bytes) -> None:
+        super().__init__(inner)
+        self.path = path
+
+    def fetch(self, root: str, paths: Iterable[Any]) -> Iterator[Fetched | bytes]:
+        for item in self.inner.fetch(root, paths):
+            if not isinstance(item, bytes) and item.entry.path == self.path:
+                item.skip()
+                continue
+            yield item
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_after_a_pass_with_errors_the_next_hears_of_everything(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A file that failed to copy is retried even if it never changes again: no "unchanged" answers then."""
+    server, cfg, _ = setup
+    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
+    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
+    _wait_past_since(cfg)
+    index, rel = _index_of(server)
+    _flip_last_byte(index)
+    report = run_pass(cfg, lambda: Dropping(open_source(cfg.source), rel))
+    assert report.figures["errors"] == 1 and report.exit_code() == 1
+    assert "listed:partition-default" not in _listed_clocks(cfg)
+    rec = Answers(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    assert rec.unchanged == 0 and rel in rec.full
+    assert_mirrors(ROOT, cfg)
+    assert "listed:partition-default" in _listed_clocks(cfg)
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_an_unchanged_answer_does_not_stand_for_a_stale_row(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Rows a killed pass left stale are stat'ed again (the file fetched), however old the paths' ctimes."""
+    server, cfg, _ = setup
+    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
+    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
+    _wait_past_since(cfg)
+    _, rel = _index_of(server)
+    copy = Path(cfg.mirror.path) / "partition-default" / os.fsdecode(rel)
+    copy.write_bytes(b"half written")  # what the killed pass left, recorded stale
+    box = rel.rpartition(b"/")[0]
+    with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:
+        assert conn.execute("UPDATE files SET stale = 1 WHERE tree = 'partition-default' AND path = ?",
+                            (rel,)).rowcount == 1
+        # and its directory as a killed pass records one it made: stale, attributes unknown (-1)
+        assert conn.execute("UPDATE files SET stale = 1, size = -1, mtime_ns = -1, mode = -1"
+                            " WHERE tree = 'partition-default' AND path = ?", (box,)).rowcount == 1
+    rec = Answers(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    assert rec.unchanged > 20 and {rel, box} <= set(rec.full)  # answered "unchanged" first, then stat'ed again
+    assert_mirrors(ROOT, cfg)
+    assert_state_matches_disk(Path(cfg.mirror.path))

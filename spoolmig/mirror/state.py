@@ -18,7 +18,9 @@ Tables (schema version 1):
 ``totals``  one row: the regular files recorded with a size, and their bytes,
             kept by triggers on ``files`` (so rows are never REPLACEd).
 ``passes``  one row per pass with its figures (see :data:`PASS_FIGURES`).
-``meta``    key/value: schema version.
+``meta``    key/value: schema version; per tree, the source's clock before the listing of the
+            last clean pass (``listed:<tree>``: what an incremental pass asks to hear only
+            changes since).
 
 The file is in WAL mode while a pass runs and switched back to a plain
 rollback journal at the end, so at rest it is one self-contained file that
@@ -265,6 +267,29 @@ def begin_pass(conn: sqlite3.Connection, mode: str, source: str) -> int:
         cur = conn.execute("INSERT INTO passes(started, mode, outcome, source) VALUES(?, ?, 'running', ?)",
                            (time.time(), mode, source))
     return int(cur.lastrowid or 0)
+
+
+def listed_clock(conn: sqlite3.Connection, tree: str, identity: str) -> int | None:
+    """The source's clock (ns) before the listing of the last clean pass over ``tree``; None: none known.
+
+    Only for the same ``identity`` (source, root and filters): a pass from
+    elsewhere says nothing about what is there now.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"listed:{tree}",)).fetchone()
+    if row is None:
+        return None
+    clock, _, of = row[0].partition(" ")
+    return int(clock) if of == identity and clock.lstrip("-").isdigit() else None
+
+
+def set_listed_clock(conn: sqlite3.Connection, tree: str, identity: str, clock_ns: int | None) -> None:
+    """Record (None: forget) the clock of this pass's listing of ``tree``, once it ended cleanly."""
+    with write(conn):
+        if clock_ns is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (f"listed:{tree}",))
+        else:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+                         (f"listed:{tree}", f"{int(clock_ns)} {identity}"))
 
 
 def replica_totals(conn: sqlite3.Connection) -> tuple[int, int]:

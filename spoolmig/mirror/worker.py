@@ -53,7 +53,7 @@ from spoolmig.mirror.trees import (
     split,
 )
 from spoolmig.progress import Progress
-from spoolmig.transport.base import Entry, KnownPaths, Names, Source
+from spoolmig.transport.base import UNCHANGED, Entry, KnownPaths, Names, Source
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ SAMPLE = 20
 #: clock: the tolerated clock skew between the two machines (a source whose clock is behind by more
 #: loses the protection; --final, which lists everything, does not depend on it).
 FRESH_CLOCK_WINDOW_NS = 30 * 1_000_000_000
+#: An incremental pass hears from the source only of paths changed (ctime) since this long before
+#: the last clean pass's listing began (see :meth:`TreeWorker.walk_spec`): room for file times
+#: taken from a clock a little behind the source's own (a file server's), at the cost of hearing
+#: again of the changes of those two minutes.
+UNCHANGED_MARGIN_NS = 120 * 1_000_000_000
 #: Re-list everything with one walk when more directories than this fraction changed.
 RELIST_WALK_FRACTION = 0.5
 #: ... and more than this many (below it, listing them is cheap anyway).
@@ -157,6 +162,9 @@ class TreeWorker:
         self._prune = frozenset(tree.prune)
         #: The source's clock before the listing the directory mtimes come from (:meth:`_freshness_limit`).
         self._listed_at: int | None = None
+        #: The last clean pass's ``_listed_at`` when this pass asked for changes since (:meth:`walk_spec`).
+        self._since_clock: int | None = None
+        self._errors_at_scan = 0
         # The pass's tables in memory (a no-change pass spends a tenth of its time writing them to a
         # temp file), except for a partition walked in full: 200k rows that would count against memory.
         in_memory = not (tree.cheap and self._full_cover(self._prior()))
@@ -179,7 +187,16 @@ class TreeWorker:
         tree = self.tree
         if self._full_cover(self._prior()):
             return tree.root, (), tuple(tree.prune)
-        return KnownPaths(tree.root, self._known_paths)
+        self._since_clock = None if self.checksum else st.listed_clock(self.conn, tree.name, self._identity())
+        since = None if self._since_clock is None else self._since_clock - UNCHANGED_MARGIN_NS
+        return KnownPaths(tree.root, self._known_paths, since)
+
+    def _identity(self) -> str:
+        """What the recorded listing clock is only good for: this source, root and filters."""
+        tree = self.tree
+        return repr((self.report.source, tree.root, tree.prune, tree.all_meta,
+                     tree.include.pattern if tree.include is not None else None,
+                     tree.exclude.pattern if tree.exclude is not None else None))
 
     def _full_cover(self, prior: int) -> bool:
         """Is the tree walked in full (first pass, config and sieve, --full, --final)?"""
@@ -189,6 +206,7 @@ class TreeWorker:
         """List the source, compare with the state, fill ``todo`` and ``dels``."""
         tree, conn = self.tree, self.conn
         self._progress = progress
+        self._errors_at_scan = int(self.report.figures["errors"])
         prior = self._prior()
         self.full_cover = self._full_cover(prior)
         self.reconcile()
@@ -200,8 +218,16 @@ class TreeWorker:
             self._load(entries)
             self._listed_at = _clock(source, tree.root)
         else:
-            self._stat_known(source)
+            briefed = self._stat_known(source)
             self._listed_at = _clock(source, tree.root)  # before the listings of changed directories
+            if briefed and (self._listed_at is None or self._since_clock is None
+                            or self._listed_at < self._since_clock):
+                # "Unchanged since" is only as good as the source's clock: it went back (or is unknown).
+                log.warning("%s: the source's clock is behind its last clean pass; stat'ing everything",
+                            tree.name)
+                conn.execute("DELETE FROM seen")
+                self._stat_known(source, brief=False)
+                self._listed_at = _clock(source, tree.root)
             self._relist(source)
         if conn.execute("SELECT 1 FROM seen WHERE path = x''").fetchone() is None:
             if prior or tree.name != "sieve":
@@ -314,7 +340,7 @@ class TreeWorker:
         """The paths of :meth:`_known_rows`, alone (a third of the time: sent ahead, compared later)."""
         return (row[0] for row in self._known_rows(_KNOWN_PATHS))
 
-    def _stat_known(self, source: Source) -> None:
+    def _stat_known(self, source: Source, *, brief: bool = True) -> int:
         """Incremental listing: stat what the state knows to be a directory or metadata file, by path.
 
         A walk would have to read every directory of the source, message
@@ -324,10 +350,18 @@ class TreeWorker:
         it is listed again), a metadata file only if it differs. What vanished,
         or is of another kind now, is noted for :meth:`_diff`. New entries
         show in the listings of their (changed) directories (:meth:`_relist`).
+
+        An answer "unchanged" (:class:`KnownPaths` ``since``: the inode's
+        ctime is older than the last clean pass's listing) stands for the
+        recorded row, except for one recorded stale or without its mtime: a
+        path that is not all known is stat'ed again. Returns how many answers
+        were "unchanged" (the caller checks the source's clock); ``brief``
+        False forbids them.
         """
         conn, tree = self.conn, self.tree
         pending: collections.deque[tuple[Any, ...]] = collections.deque()
-        unchanged = 0
+        unchanged = briefed = 0
+        doubtful: list[bytes] = []  # "unchanged", but what was recorded is not all known: stat'ed again
         vanished: list[bytes] = []
         not_dirs: list[bytes] = []  # were directories: nothing below them is read through what is there now
 
@@ -337,12 +371,24 @@ class TreeWorker:
                 yield row[0]
 
         def differing() -> Iterator[Entry]:
-            nonlocal unchanged
+            nonlocal unchanged, briefed
             for got in source.stat(tree.root, paths()):
                 path, kind, size, mtime_ns, mode, inode, stale, link = pending.popleft()
                 if (got if isinstance(got, bytes) else got.path) != path:
                     raise MirrorError(f"{tree.name}: the source answered a listing out of order "
                                       f"({show_path(tree.name, path)} expected)")
+                if not isinstance(got, bytes) and got.kind == UNCHANGED:
+                    if not brief:
+                        raise MirrorError(f"{tree.name}: the source answered {show_path(tree.name, path)}"
+                                          " \"unchanged\" to a plain stat")
+                    briefed += 1
+                    if stale or mtime_ns < 0 or mode < 0:
+                        doubtful.append(path)
+                    elif kind == "d":  # into seen as recorded: listed again only if recorded stale
+                        yield Entry(path, "d", size, mtime_ns, mode, inode, link)
+                    else:
+                        unchanged += 1
+                    continue
                 if isinstance(got, bytes):
                     if kind != "d":
                         vanished.append(path)  # a directory that is gone is found by its absence from seen
@@ -357,6 +403,8 @@ class TreeWorker:
                 yield got
 
         self._load(differing())
+        if doubtful:
+            self._load(source.stat(tree.root, doubtful), keep_dirs=True)
         if not_dirs:
             below = [(p + b"/", p + b"0") for p in not_dirs]  # b"0" follows b"/": the range of paths below p
             conn.execute("BEGIN")
@@ -367,6 +415,7 @@ class TreeWorker:
         if self._progress is not None:
             self._progress.advance(unchanged)
         self.report.add(entries_listed=unchanged)
+        return briefed
 
     def _relist(self, source: Source) -> None:
         """Incremental listing: entries of changed directories (new ones in turn), stats of stale paths."""
@@ -651,6 +700,12 @@ class TreeWorker:
                 self.replica.sync()
             self._synced([], [], 0)
         self._finish_dirs()
+        if self.tree.cheap:
+            # A clean pass (no error since the scan began, in any tree): the next may hear only of
+            # what changed since its listing. After errors, it hears of everything again: a file
+            # that failed to copy must be retried even if it does not change.
+            clean = self.report.figures["errors"] == self._errors_at_scan
+            st.set_listed_clock(self.conn, self.tree.name, self._identity(), self._listed_at if clean else None)
 
     def _delete(self) -> None:
         """Delete what is gone from the source, except what a new path may still be linked from.

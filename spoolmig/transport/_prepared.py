@@ -36,7 +36,8 @@ class PreparedStat:
 
     The paths went out on the command's stdin as absolute arguments
     (:func:`_remote.stat_arg`) and the answers come back in that order, a
-    vanished path printing nothing. Each tree's :meth:`SshSource.stat` takes
+    vanished path printing nothing (and, with a ``since``, a path unchanged
+    since then its path alone, see :class:`KnownPaths`). Each tree's :meth:`SshSource.stat` takes
     its share, checking the caller's paths against what was sent, so an
     answer is only ever taken for the path it was asked for.
     """
@@ -106,7 +107,8 @@ class PreparedStat:
                     answer = path
                 elif parent not in dirs:
                     answer = recheck(path)
-            (dirs if not isinstance(answer, bytes) and answer.kind == "d" else others).add(path)
+            # An unchanged path is what the caller recorded: if that was a directory, it still is one.
+            (dirs if not isinstance(answer, bytes) and answer.kind in ("d", "u") else others).add(path)
             asking.clear()
             yield answer
         errors = bytes(self.combined.errbuf)  # still arriving: a last line without its end is not judged yet

@@ -24,6 +24,9 @@ from spoolmig.transport.base import Entry, Kind, Names
 #: type, permission bits (octal), size, inode, mtime (seconds.fraction), link target, path.
 FIND_FORMAT = r"%y\0%m\0%s\0%i\0%T@\0%l\0%p\0"
 FIELDS = 7
+#: A stat answer for a path unchanged since a time (:func:`stat_stdin_script`): the kind ``u``
+#: (``%y`` never prints it), then only the path.
+UNCHANGED_FORMAT = r"u\0\0\0\0\0\0%p\0"
 _KINDS: dict[bytes, Kind] = {b"f": "f", b"d": "d", b"l": "l"}
 
 #: Exit status a command uses to say "could not enter the root" (vs. root missing: 0, no output).
@@ -125,14 +128,24 @@ def sections_command(scripts: Iterable[str], probe: bool = False) -> str:
     return wrap((PROBE + "; " if probe else "") + "".join(parts) + "exit 0")
 
 
-def stat_stdin_script() -> str:
+def stat_stdin_script(since_s: int | None = None) -> str:
     """lstat of the absolute paths on the command's stdin, in order; a vanished one prints nothing.
 
     The one part of a :func:`sections_command` that reads its stdin. The
     paths span several trees, so they are absolute (:func:`stat_arg`): a
-    path that starts with ``/`` is never taken for an option.
+    path that starts with ``/`` is never taken for an option. With
+    ``since_s`` (the source's clock, whole seconds) a path whose ctime is
+    not later prints an :data:`UNCHANGED_FORMAT` record (its path only),
+    where the source's ``find`` knows ``-newerct``; elsewhere every answer
+    is a full one.
     """
-    return _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'")
+    full = _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'")
+    if since_s is None:
+        return full
+    since = int(since_s)
+    brief = _xargs(f"exec find \"$@\" -maxdepth 0 \\( -newerct @{since} -printf '{FIND_FORMAT}'"
+                   f" -o -printf '{UNCHANGED_FORMAT}' \\)")
+    return f"if find / -maxdepth 0 -newerct @{since} -quit 2>/dev/null; then {brief}; else {full}; fi"
 
 
 def stat_prefix(root: str) -> bytes:
@@ -310,6 +323,9 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
                 names = []
             if kind == SECTION_END and sections:
                 yield int(fields[i + 2]), int(fields[i + 1])
+                continue
+            if kind == b"u":
+                yield new(Entry, (path, "u", -1, -1, 0, 0, None))
                 continue
             k = kinds.get(kind, "o")
             t = fields[i + 4]

@@ -34,8 +34,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-#: f = regular file, d = directory, l = symbolic link, o = anything else.
-Kind = Literal["f", "d", "l", "o"]
+#: f = regular file, d = directory, l = symbolic link, o = anything else;
+#: u = unchanged: a :meth:`Source.stat` answer to :class:`KnownPaths` with ``since`` (see there).
+Kind = Literal["f", "d", "l", "o", "u"]
+UNCHANGED: Kind = "u"
 
 
 class Entry(NamedTuple):
@@ -86,6 +88,11 @@ class KnownPaths:
 
     root: str
     paths: Callable[[], Iterator[bytes]]
+    #: A time on the source's clock (ns): a source may answer a path whose inode has not changed
+    #: since (its ctime, which no tool can set back) with an Entry of kind :data:`UNCHANGED` and
+    #: nothing else, and the caller keeps what it recorded. Its size is then not sent, nor compared.
+    #: Any answer may still be a full one; a vanished path is still answered by its bare path.
+    since: int | None = None
 
 
 @dataclass(slots=True)

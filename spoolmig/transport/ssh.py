@@ -856,10 +856,10 @@ class SshSource:
                 if stat_at < 0:
                     stat_at = len(scripts)
                     keys.append(("stat",))
-                    scripts.append(_remote.stat_stdin_script())
+                    scripts.append("")  # below, once its trees are known
                 elif stat_at != len(scripts) - 1:
                     continue  # after a walk: its own command, when asked for
-                known.append(KnownPaths(root, spec.paths))
+                known.append(KnownPaths(root, spec.paths, spec.since))
                 continue
             root, pats, prune = spec
             key = (check_root(root), tuple(pats), tuple(check_relpath(p) for p in prune))
@@ -868,6 +868,10 @@ class SshSource:
                 scripts.append(_remote.walk_script(*key))
         if not scripts:
             return
+        if known:  # one find for all: unchanged answers only from the earliest time every tree accepts
+            sinces = [k.since for k in known if k.since is not None]
+            since = min(sinces) // 1_000_000_000 if len(sinces) == len(known) else None
+            scripts[stat_at] = _remote.stat_stdin_script(since)
         probe = conn.unprobed
         try:
             # A small window: output of the trees not being read yet waits on the source, not here.

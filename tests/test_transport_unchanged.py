@@ -1,0 +1,75 @@
+"""The stat section's "unchanged since" answers, as the source's own shell and GNU find give them.
+
+An incremental pass asks the source to stat the paths it knows; with a time
+(the last clean pass's listing, on the source's clock) a path whose ctime is
+older comes back as its path alone (kind ``u``). A find without ``-newerct``
+must give full answers, never an empty section: that would read as "all
+vanished".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from spoolmig.transport import _remote
+from spoolmig.transport.base import UNCHANGED
+
+
+def _tree(tmp_path: Path) -> tuple[str, list[bytes]]:
+    root = tmp_path / "spool"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "cyrus.index").write_bytes(b"x" * 10)
+    (root / "b").write_bytes(b"y")
+    return str(root), [b"", b"a", b"a/cyrus.index", b"gone", b"b"]
+
+
+def _run(script: str, root: str, paths: list[bytes], env: dict[str, str] | None = None) -> list:  # type: ignore[type-arg]
+    prefix = _remote.stat_prefix(root)
+    stdin = b"".join(_remote.stat_arg(prefix, p) + b"\0" for p in paths)
+    done = subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, env=env)
+    assert done.returncode == 123 and b"gone" in done.stderr  # find's note of the vanished path, as always
+    return list(_remote.parse_records([done.stdout]))
+
+
+def test_paths_unchanged_since_come_back_as_their_path_alone(tmp_path: Path) -> None:
+    root, paths = _tree(tmp_path)
+    later = int(time.time()) + 60
+    answers = _run(_remote.stat_stdin_script(later), root, paths)
+    prefix = _remote.stat_prefix(root)
+    expected = [_remote.stat_arg(prefix, p) for p in paths if p != b"gone"]  # a vanished path: nothing
+    assert [a.path for a in answers] == expected
+    assert {a.kind for a in answers} == {UNCHANGED}
+    assert all(a.size == -1 and a.mtime_ns == -1 for a in answers)
+
+
+def test_paths_changed_since_get_a_full_answer(tmp_path: Path) -> None:
+    root, paths = _tree(tmp_path)
+    since = int(time.time()) + 60
+    os.utime(Path(root) / "b", (since + 10, since + 10))  # a file time says nothing: ctime is now, before since
+    full = _run(_remote.stat_stdin_script(None), root, paths)
+    brief = _run(_remote.stat_stdin_script(since), root, paths)
+    assert [a.kind for a in brief] == [UNCHANGED] * 4
+    earlier = _run(_remote.stat_stdin_script(int(time.time()) - 60), root, paths)
+    assert earlier == full  # every ctime is later: the same answers as a plain stat
+    assert [a.kind for a in full] == ["d", "d", "f", "f"]
+    assert full[2].size == 10
+
+
+def test_a_find_without_newerct_gives_full_answers(tmp_path: Path) -> None:
+    """An old or BusyBox find refuses -newerct: the script falls back to plain answers, never to none."""
+    root, paths = _tree(tmp_path)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    real = subprocess.run(["/bin/sh", "-c", "command -v find"], capture_output=True, text=True, check=True).stdout.strip()
+    (shim / "find").write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = -newerct ] && { echo "find: unknown predicate \'-newerct\'" >&2; exit 1; }; done\n'
+        f'exec {real} "$@"\n')
+    (shim / "find").chmod(0o755)
+    env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
+    answers = _run(_remote.stat_stdin_script(int(time.time()) + 60), root, paths, env)
+    assert [a.kind for a in answers] == ["d", "d", "f", "f"]
+    assert answers == _run(_remote.stat_stdin_script(None), root, paths)
