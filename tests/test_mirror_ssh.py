@@ -359,7 +359,8 @@ def test_after_a_pass_with_errors_the_next_hears_of_everything(setup, monkeypatc
 
 
 @pytest.mark.usefixtures("no_freshness")
-def test_an_unchanged_answer_does_not_stand_for_a_stale_row(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_an_unchanged_answer_does_not_stand_for_a_stale_row(
+        setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     """Rows a killed pass left stale are stat'ed again (the file fetched), however old the paths' ctimes."""
     server, cfg, _ = setup
     monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
@@ -376,8 +377,11 @@ def test_an_unchanged_answer_does_not_stand_for_a_stale_row(setup, monkeypatch: 
         assert conn.execute("UPDATE files SET stale = 1, size = -1, mtime_ns = -1, mode = -1"
                             " WHERE tree = 'partition-default' AND path = ?", (box,)).rowcount == 1
     rec = Answers(open_source(cfg.source))
-    report = run_pass(cfg, lambda: rec)
+    with caplog.at_level(logging.WARNING, logger="spoolmig"):
+        report = run_pass(cfg, lambda: rec)
     assert report.exit_code() == 0, report.warnings
     assert rec.unchanged > 20 and {rel, box} <= set(rec.full)  # answered "unchanged" first, then stat'ed again
+    assert set(rec.full) <= {rel, box}  # those two alone: the tree was not stat'ed again in full
+    assert not any("clock" in r.getMessage() for r in caplog.records)
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))

@@ -218,16 +218,15 @@ class TreeWorker:
             self._load(entries)
             self._listed_at = _clock(source, tree.root)
         else:
-            briefed = self._stat_known(source)
-            self._listed_at = _clock(source, tree.root)  # before the listings of changed directories
+            briefed, self._listed_at = self._stat_known(source)  # the clock: before the listings to come
             if briefed and (self._listed_at is None or self._since_clock is None
                             or self._listed_at < self._since_clock):
                 # "Unchanged since" is only as good as the source's clock: it went back (or is unknown).
+                # (What this first stat counted as listed is counted again: a rare path.)
                 log.warning("%s: the source's clock is behind its last clean pass; stat'ing everything",
                             tree.name)
                 conn.execute("DELETE FROM seen")
-                self._stat_known(source, brief=False)
-                self._listed_at = _clock(source, tree.root)
+                _, self._listed_at = self._stat_known(source, brief=False)
             self._relist(source)
         if conn.execute("SELECT 1 FROM seen WHERE path = x''").fetchone() is None:
             if prior or tree.name != "sieve":
@@ -340,7 +339,7 @@ class TreeWorker:
         """The paths of :meth:`_known_rows`, alone (a third of the time: sent ahead, compared later)."""
         return (row[0] for row in self._known_rows(_KNOWN_PATHS))
 
-    def _stat_known(self, source: Source, *, brief: bool = True) -> int:
+    def _stat_known(self, source: Source, *, brief: bool = True) -> tuple[int, int | None]:
         """Incremental listing: stat what the state knows to be a directory or metadata file, by path.
 
         A walk would have to read every directory of the source, message
@@ -355,8 +354,8 @@ class TreeWorker:
         ctime is older than the last clean pass's listing) stands for the
         recorded row, except for one recorded stale or without its mtime: a
         path that is not all known is stat'ed again. Returns how many answers
-        were "unchanged" (the caller checks the source's clock); ``brief``
-        False forbids them.
+        were "unchanged" (the caller checks the source's clock) and the
+        source's clock before the stat; ``brief`` False forbids them.
         """
         conn, tree = self.conn, self.tree
         pending: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -403,6 +402,7 @@ class TreeWorker:
                 yield got
 
         self._load(differing())
+        clock = _clock(source, tree.root)  # of this stat (another one, below, has its own)
         if doubtful:
             self._load(source.stat(tree.root, doubtful), keep_dirs=True)
         if not_dirs:
@@ -415,7 +415,7 @@ class TreeWorker:
         if self._progress is not None:
             self._progress.advance(unchanged)
         self.report.add(entries_listed=unchanged)
-        return briefed
+        return briefed, clock
 
     def _relist(self, source: Source) -> None:
         """Incremental listing: entries of changed directories (new ones in turn), stats of stale paths."""
