@@ -156,7 +156,9 @@ class Source(Protocol):
 
         Symbolic links are reported, never followed, and a path below an
         ancestor that is no longer a real directory counts as vanished (the
-        kernel would resolve it through the link, outside the tree).
+        kernel would resolve it through the link, outside the tree). Paths
+        prepared as a :class:`KnownPaths` with a ``since`` may be answered
+        :data:`UNCHANGED` (see there).
         """
 
     def fetch(self, root: str, paths: Iterable[bytes | Entry]) -> Iterator[Fetched | bytes]:
