@@ -324,10 +324,12 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
             if kind == SECTION_END and sections:
                 yield int(fields[i + 2]), int(fields[i + 1])
                 continue
-            if kind == b"u":
-                yield new(Entry, (path, "u", -1, -1, 0, 0, None))
-                continue
-            k = kinds.get(kind, "o")
+            k = kinds.get(kind)
+            if k is None:  # off the hot path: files, directories and links
+                if kind == b"u":
+                    yield new(Entry, (path, "u", -1, -1, 0, 0, None))
+                    continue
+                k = "o"
             t = fields[i + 4]
             dot = t.find(b".")
             if dot > 0 and len(t) - dot > 9 and t[0] != 45:  # "-": before 1970, the exact slow path
