@@ -550,3 +550,26 @@ def test_a_prepared_stat_survives_a_killed_connection(up: Sshd, many: tuple[str,
             got.append(answer)
         assert source.reconnects >= 1
     assert _answers(got) == want
+
+
+def test_a_channel_closing_during_a_key_exchange_does_not_hang_the_connection(up: Sshd, tmp_path: Path) -> None:
+    """paramiko renegotiates keys every 512 MiB; a command ending meanwhile stalled it 30 s, then killed it.
+
+    Here it renegotiates every 64 KiB (each tar stream below is ~300 KB), and
+    a stall fails the connection within 3 s instead of 30: every fetch must
+    go through on the first connection.
+    """
+    for i in range(6):
+        (tmp_path / f"m{i}").write_bytes(bytes([i]) * 50_000)
+    source = _source(up)
+    try:
+        transport = source._live().transport
+        transport.packetizer.REKEY_BYTES = 64 * 1024
+        transport.clear_to_send_timeout = 3.0
+        for _ in range(6):
+            fetched = source.fetch(str(tmp_path), [f"m{i}".encode() for i in range(6)])
+            got = {f.entry.path: f.read(1 << 20) for f in fetched if not isinstance(f, bytes)}
+            assert got == {f"m{i}".encode(): bytes([i]) * 50_000 for i in range(6)}
+        assert transport.is_active() and source.reconnects == 0
+    finally:
+        source.close()

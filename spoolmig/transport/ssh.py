@@ -53,6 +53,7 @@ finally:
     if _HIDE_INVOKE and sys.modules.get("invoke", False) is None:
         del sys.modules["invoke"]
 from paramiko.buffered_pipe import BufferedPipe
+from paramiko.common import MSG_CHANNEL_CLOSE
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
@@ -173,6 +174,43 @@ def _quick_acks(sock: socket.socket) -> socket.socket:
     quick = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     quick.settimeout(timeout)
     return quick
+
+
+def _closes_never_wait_for_kex(transport: paramiko.Transport) -> None:
+    """Answer the server's channel close without blocking paramiko's reader on a key exchange.
+
+    paramiko renegotiates keys every 512 MiB received, and while it does, a
+    message to send waits until the exchange is done. When a command's
+    channel closes in that moment, paramiko's own thread (the one that reads
+    the server's key exchange messages) sends the answering close and waits
+    for itself: 30 s, then the connection dies (paramiko issue #822). By hand
+    it stalled one first copy of a 1.2 GB partition in twelve by 30 s. Here
+    the close is answered by a short-lived thread of its own when a key
+    exchange is under way.
+    """
+    table = dict(transport._channel_handler_table)  # this transport's, not the class's
+    send = transport._send_user_message
+
+    def send_all(messages: list[paramiko.Message]) -> None:
+        try:
+            for message in messages:
+                send(message)
+        except (paramiko.SSHException, EOFError, OSError) as error:  # the connection is going anyway
+            log.debug("closing a channel: %s", error)
+
+    def handle_close(chan: paramiko.Channel, m: paramiko.Message) -> None:
+        with chan.lock:  # as paramiko's Channel._handle_close, but for where its answer is sent
+            messages = [x for x in chan._close_internal() if x is not None]
+            transport._unlink_channel(chan.chanid)
+        if not messages:
+            return
+        if transport.clear_to_send.is_set():  # this thread alone starts an exchange: no race
+            send_all(messages)
+        else:
+            threading.Thread(target=send_all, args=(messages,), name="ssh-close", daemon=True).start()
+
+    table[MSG_CHANNEL_CLOSE] = handle_close
+    transport._channel_handler_table = table
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -346,6 +384,7 @@ class SshSource:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = _quick_acks(sock)  # and the server's Nagle never waits for our delayed ACK
         transport = paramiko.Transport(sock, default_window_size=_WINDOW, default_max_packet_size=_MAX_PACKET)
+        _closes_never_wait_for_kex(transport)
         try:
             transport.banner_timeout = self.connect_timeout
             transport.handshake_timeout = self.connect_timeout
