@@ -352,8 +352,8 @@ class TreeWorker:
 
         An answer "unchanged" (:class:`KnownPaths` ``since``: the inode's
         ctime is older than the last clean pass's listing) stands for the
-        recorded row, except for one recorded stale or without its mtime: a
-        path that is not all known is stat'ed again. Returns how many answers
+        recorded row, except for one recorded stale or without its
+        attributes (a directory a killed pass made): that path is stat'ed again. Returns how many answers
         were "unchanged" (the caller checks the source's clock) and the
         source's clock before the stat; ``brief`` False forbids them.
         """
