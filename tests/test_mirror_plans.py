@@ -25,8 +25,8 @@ from spoolmig.mirror.engine import run_pass
 #: Plan lines that read a whole tree of ``files`` (only ``tree`` constrained: no other table has that
 #: column) or scan the table (aliased ``f`` in the worker's SQL) other than through the small indexes
 #: meant for it: stale rows, and the directories and ``cyrus.*`` files an incremental pass stats.
-WHOLE = re.compile(r"^(?!.*INDEX files_(stale|cheap) ).*\(tree=\?\)$"
-                   r"|^SCAN (main\.)?(files|f)\b(?! USING (COVERING )?INDEX files_(stale|cheap)\b)")
+WHOLE = re.compile(r"^(?!.*INDEX files_(stale|known) ).*\(tree=\?\)$"
+                   r"|^SCAN (main\.)?(files|f)\b(?! USING (COVERING )?INDEX files_(stale|known)\b)")
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[str]:

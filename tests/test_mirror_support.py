@@ -22,7 +22,7 @@ from spoolgen import SyntheticServer
 
 from spoolmig import config
 from spoolmig.fileio import TEMP_MARK
-from spoolmig.transport.base import Entry, Fetched, Names
+from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names, changed_only
 from spoolmig.transport.local import LocalSource
 
 CONFIG_KEEP = {b"mailboxes.db", b"annotations.db", b"quotas.db", b"user", b"domain", b"quota"}
@@ -178,6 +178,9 @@ class Wrapper:
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
         return self.inner.stat(root, paths)
+
+    def stat_changed(self, root: str, known: KnownPaths) -> Iterator[Entry | bytes]:
+        return changed_only(self.stat(root, known.paths()))  # through stat: what tests override
 
     def fetch(self, root: str, paths: Iterable[Any]) -> Iterator[Fetched | bytes]:
         return self.inner.fetch(root, paths)

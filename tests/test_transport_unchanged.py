@@ -2,9 +2,8 @@
 
 An incremental pass asks the source to stat the paths it knows; with a time
 (the last clean pass's listing, on the source's clock) a path whose ctime is
-older comes back as its path alone (kind ``u``). A find without ``-newerct``
-must give full answers, never an empty section: that would read as "all
-vanished".
+older comes back as one byte, no path. A find without ``-newerct`` must give
+full answers, never an empty section: that would read as "all vanished".
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import time
 from pathlib import Path
 
 from spoolmig.transport import _remote
-from spoolmig.transport.base import UNCHANGED
 
 
 def _tree(tmp_path: Path) -> tuple[str, list[bytes]]:
@@ -26,36 +24,51 @@ def _tree(tmp_path: Path) -> tuple[str, list[bytes]]:
     return str(root), [b"", b"a", b"a/cyrus.index", b"gone", b"b"]
 
 
-def _run(script: str, root: str, paths: list[bytes], env: dict[str, str] | None = None) -> list:  # type: ignore[type-arg]
+def _run(script: str, root: str, paths: list[bytes], env: dict[str, str] | None = None) -> bytes:
+    """The script's output for ``paths`` (asked as the SSH source asks them), run by the real shell and find."""
     prefix = _remote.stat_prefix(root)
     stdin = b"".join(_remote.stat_arg(prefix, p) + b"\0" for p in paths)
     done = subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, env=env)
     assert done.returncode == 123 and b"gone" in done.stderr  # find's note of the vanished path, as always
-    return list(_remote.parse_records([done.stdout]))
+    return done.stdout
 
 
-def test_paths_unchanged_since_come_back_as_their_path_alone(tmp_path: Path) -> None:
+def _records(script: str, root: str, paths: list[bytes], env: dict[str, str] | None = None) -> list:  # type: ignore[type-arg]
+    return list(_remote.parse_records([_run(script, root, paths, env)]))
+
+
+def test_paths_unchanged_since_come_back_as_one_byte_each(tmp_path: Path) -> None:
     root, paths = _tree(tmp_path)
     later = int(time.time()) + 60
-    answers = _run(_remote.stat_stdin_script(later), root, paths)
-    prefix = _remote.stat_prefix(root)
-    expected = [_remote.stat_arg(prefix, p) for p in paths if p != b"gone"]  # a vanished path: nothing
-    assert [a.path for a in answers] == expected
-    assert {a.kind for a in answers} == {UNCHANGED}
-    assert all(a.size == -1 and a.mtime_ns == -1 for a in answers)
+    out = _run(_remote.stat_stdin_script(later), root, paths)
+    assert out == _remote.UNCHANGED_MARK.encode() * 4  # a vanished path: nothing
+    assert list(_remote.parse_records([out[:1], out[1:3], out[3:]])) == [4]  # one run, however it arrives
 
 
 def test_paths_changed_since_get_a_full_answer(tmp_path: Path) -> None:
     root, paths = _tree(tmp_path)
     since = int(time.time()) + 60
     os.utime(Path(root) / "b", (since + 10, since + 10))  # a file time says nothing: ctime is now, before since
-    full = _run(_remote.stat_stdin_script(None), root, paths)
-    brief = _run(_remote.stat_stdin_script(since), root, paths)
-    assert [a.kind for a in brief] == [UNCHANGED] * 4
-    earlier = _run(_remote.stat_stdin_script(int(time.time()) - 60), root, paths)
+    full = _records(_remote.stat_stdin_script(None), root, paths)
+    assert _records(_remote.stat_stdin_script(since), root, paths) == [4]
+    earlier = _records(_remote.stat_stdin_script(int(time.time()) - 60), root, paths)
     assert earlier == full  # every ctime is later: the same answers as a plain stat
     assert [a.kind for a in full] == ["d", "d", "f", "f"]
     assert full[2].size == 10
+
+
+def test_a_run_of_unchanged_answers_is_counted_before_the_full_one_that_follows(tmp_path: Path) -> None:
+    root, paths = _tree(tmp_path)
+    time.sleep(1.1)
+    since = int(time.time())
+    time.sleep(1.1)
+    (Path(root) / "b").write_bytes(b"changed")  # its ctime now after since; the rest before
+    records = _records(_remote.stat_stdin_script(since), root, paths)
+    assert records[0] == 3 and len(records) == 2  # "", a, a/cyrus.index; gone: nothing
+    assert records[1].kind == "f" and records[1].size == 7
+    assert records[1].path == _remote.stat_arg(_remote.stat_prefix(root), b"b")
+    assert list(_remote.parse_records([_run(_remote.stat_stdin_script(since), root, paths) + b"uu"])) \
+        == [3, records[1], 2]  # a run last of all
 
 
 def test_a_find_without_newerct_gives_full_answers(tmp_path: Path) -> None:
@@ -70,6 +83,6 @@ def test_a_find_without_newerct_gives_full_answers(tmp_path: Path) -> None:
         f'exec {real} "$@"\n')
     (shim / "find").chmod(0o755)
     env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
-    answers = _run(_remote.stat_stdin_script(int(time.time()) + 60), root, paths, env)
+    answers = _records(_remote.stat_stdin_script(int(time.time()) + 60), root, paths, env)
     assert [a.kind for a in answers] == ["d", "d", "f", "f"]
-    assert answers == _run(_remote.stat_stdin_script(None), root, paths)
+    assert answers == _records(_remote.stat_stdin_script(None), root, paths)

@@ -74,13 +74,15 @@ CREATE TABLE IF NOT EXISTS files(
 -- no lookup of the row per file (half the time of reading 20k known names of 200 directories)
 CREATE INDEX IF NOT EXISTS files_by_dir ON files(tree, dir, kind, cls, stale, size);
 -- what an incremental pass stats every time (directories, metadata files), in path order and with
--- every column it compares: message files, most rows and most new rows of a pass, are not in it
--- (queries say "cls > 0" to use it)
-CREATE INDEX IF NOT EXISTS files_cheap ON files(tree, path, kind, cls, size, mtime_ns, mode, inode, stale, link)
+-- every column it compares or puts into ``seen`` (dir too: the recorded directories go there in one
+-- statement): message files, most rows and most new rows of a pass, are not in it (queries say
+-- "cls > 0" to use it)
+CREATE INDEX IF NOT EXISTS files_known ON files(tree, path, kind, cls, size, mtime_ns, mode, inode, stale, link, dir)
     WHERE cls > 0;
 CREATE INDEX IF NOT EXISTS files_stale ON files(tree, path) WHERE stale = 1;
 CREATE INDEX IF NOT EXISTS files_inode ON files(tree, inode) WHERE kind = 'f';
--- indexes of earlier versions (replaced by files_cheap, files_by_dir and the totals table)
+-- indexes of earlier versions (replaced by files_known, files_by_dir and the totals table)
+DROP INDEX IF EXISTS files_cheap;
 DROP INDEX IF EXISTS files_dir;
 DROP INDEX IF EXISTS files_listed;
 DROP INDEX IF EXISTS files_cls;

@@ -53,7 +53,7 @@ from spoolmig.mirror.trees import (
     split,
 )
 from spoolmig.progress import Progress
-from spoolmig.transport.base import UNCHANGED, Entry, KnownPaths, Names, Source
+from spoolmig.transport.base import Entry, KnownPaths, Names, Source
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ _DIFFERS = """(f.stale = 1 OR f.kind <> s.kind OR f.size <> s.size OR f.mtime_ns
 _NOT_SEEN = "NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path AND s.kind = f.kind)"
 #: Record an entry. A path's dir and cls follow from the path and kind, and a row of another kind is
 #: gone by then (:meth:`TreeWorker._drop`), so the row is updated without them: files_by_dir's entry moves
-#: only when size or stale changes, and for message files files_cheap has none. Never REPLACE: it skips
+#: only when size or stale changes, and for message files files_known has none. Never REPLACE: it skips
 #: the totals triggers.
 _UPSERT = st.Insert(
     "INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)",
@@ -109,9 +109,23 @@ _UPSERT = st.Insert(
     " mode = excluded.mode, inode = excluded.inode, link = excluded.link, stale = excluded.stale")
 #: The rows an incremental pass stats by path (directories and metadata files), a chunk at a time in
 #: path order; every column the comparison with the source needs is in the index.
-_KNOWN = ("SELECT path, kind, size, mtime_ns, mode, inode, stale, link FROM main.files INDEXED BY files_cheap"
+_KNOWN = ("SELECT path, kind, size, mtime_ns, mode, inode, stale, link FROM main.files INDEXED BY files_known"
           " WHERE tree = ?1 AND cls > 0")
 _KNOWN_PATHS = "SELECT path" + _KNOWN[_KNOWN.index(" FROM "):]
+_KNOWN_COUNT = "SELECT count(*)" + _KNOWN[_KNOWN.index(" FROM "):]
+#: Known rows that stand for nothing: recorded stale, or without attributes (a directory a killed pass made).
+_KNOWN_DOUBTFUL = "SELECT path, kind" + _KNOWN[_KNOWN.index(" FROM "):] + " AND (stale = 1 OR mtime_ns < 0 OR mode < 0)"
+#: Known rows whose directory is not recorded as one: nothing vouches for what the source said of them
+#: (a directory swapped for a symlink resolves through it). (A doubtful directory is stat'ed again:
+#: if it is not one any more, what is below it leaves ``seen``.)
+_KNOWN_ORPHANS = ("SELECT f.path, f.kind FROM main.files f INDEXED BY files_known WHERE f.tree = ?1 AND f.cls > 0"
+                  " AND f.dir IS NOT NULL AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.dir)"
+                  " AND NOT EXISTS (SELECT 1 FROM main.files d WHERE d.tree = ?1 AND d.path = f.dir AND d.kind = 'd')")
+#: The recorded directories into ``seen``, as recorded (the doubtful ones left out).
+_SEEN_RECORDED_DIRS = (f"INSERT INTO seen SELECT path, dir, kind, cls, size, mtime_ns, mode, inode, link"
+                       f" FROM main.files INDEXED BY files_known WHERE tree = ? AND cls > 0 AND cls = {CLS_DIR}"
+                       f" AND stale = 0 AND mtime_ns >= 0 AND mode >= 0")
+_SEEN_DIR = "SELECT 1 FROM seen WHERE path = ? AND kind = 'd'"
 #: Is a directory, as listed in ``seen``, to be listed (new, changed, or not trusted)?
 _DIR_CHANGED = "(f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)"
 _MARK_STALE = st.Insert("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)",
@@ -343,78 +357,75 @@ class TreeWorker:
         """Incremental listing: stat what the state knows to be a directory or metadata file, by path.
 
         A walk would have to read every directory of the source, message
-        file names included, to find them. Answers stream back in the order
-        asked (:meth:`Source.stat`) and are compared with the state's rows on
-        the fly: every directory goes into ``seen`` (its mtime decides whether
-        it is listed again), a metadata file only if it differs. What vanished,
-        or is of another kind now, is noted for :meth:`_diff`. New entries
-        show in the listings of their (changed) directories (:meth:`_relist`).
+        file names included, to find them. Every recorded directory goes into
+        ``seen`` as recorded, in one statement (its mtime decides whether it
+        is listed again), and the source sends only what differs from that:
+        :meth:`Source.stat_changed` leaves out the paths unchanged since the
+        last clean pass's listing (:class:`KnownPaths` ``since``: the inode's
+        ctime is older), so most of them cost no Python at all. An answer
+        replaces the directory's row, or puts the metadata file into ``seen``;
+        what vanished, or is of another kind now, is noted for :meth:`_diff`,
+        and what was below it leaves ``seen``. New entries show in the
+        listings of their (changed) directories (:meth:`_relist`).
 
-        An answer "unchanged" (:class:`KnownPaths` ``since``: the inode's
-        ctime is older than the last clean pass's listing) stands for the
-        recorded row, except for one recorded stale or without its
-        attributes (a directory a killed pass made): that path is stat'ed again. Returns how many answers
-        were "unchanged" (the caller checks the source's clock) and the
-        source's clock before the stat; ``brief`` False forbids them.
+        Rows recorded stale or without their attributes (a directory a killed
+        pass made) stand for nothing: not answered, they are stat'ed again.
+        So is a path whose directory the state does not know (nothing vouched
+        for it). Returns how many paths went unanswered (the caller checks
+        the source's clock) and the source's clock before the stat; ``brief``
+        False forbids them.
         """
-        conn, tree = self.conn, self.tree
-        pending: collections.deque[tuple[Any, ...]] = collections.deque()
-        unchanged = briefed = 0
-        doubtful: list[bytes] = []  # "unchanged", but what was recorded is not all known: stat'ed again
+        conn, tree, name = self.conn, self.tree, self.tree.name
+        conn.execute(_SEEN_RECORDED_DIRS, (name,))  # (seen is the connection's own: no transaction to wait for)
+        total = conn.execute(_KNOWN_COUNT, (name,)).fetchone()[0]
+        doubtful = dict(conn.execute(_KNOWN_DOUBTFUL, (name,)).fetchall())  # path -> recorded kind
+        answered = 0
         vanished: list[bytes] = []
-        not_dirs: list[bytes] = []  # were directories: nothing below them is read through what is there now
+        below: list[bytes] = []  # were directories: nothing below them is read through what is there now
+        recorded_dir = conn.cursor()
 
-        def paths() -> Iterator[bytes]:
-            for row in self._known_rows():
-                pending.append(row)
-                yield row[0]
-
-        def differing() -> Iterator[Entry]:
-            nonlocal unchanged, briefed
-            for got in source.stat(tree.root, paths()):
-                path, kind, size, mtime_ns, mode, inode, stale, link = pending.popleft()
-                if (got if isinstance(got, bytes) else got.path) != path:
-                    raise MirrorError(f"{tree.name}: the source answered a listing out of order "
-                                      f"({show_path(tree.name, path)} expected)")
-                if not isinstance(got, bytes) and got.kind == UNCHANGED:
-                    if not brief:
-                        raise MirrorError(f"{tree.name}: the source answered {show_path(tree.name, path)}"
-                                          " \"unchanged\" to a plain stat")
-                    briefed += 1
-                    if stale or mtime_ns < 0 or mode < 0:
-                        doubtful.append(path)
-                    elif kind == "d":  # into seen as recorded: listed again only if recorded stale
-                        yield Entry(path, "d", size, mtime_ns, mode, inode, link)
-                    else:
-                        unchanged += 1
-                    continue
+        def differing(answers: Iterable[Entry | bytes]) -> Iterator[Entry]:
+            nonlocal answered
+            for got in answers:
+                answered += 1
+                path = got if isinstance(got, bytes) else got.path
+                kind = doubtful.pop(path, None)
+                if kind is None:  # the bulk insert above holds the recorded directories
+                    kind = "d" if recorded_dir.execute(_SEEN_DIR, (path,)).fetchone() else "f"
                 if isinstance(got, bytes):
-                    if kind != "d":
-                        vanished.append(path)  # a directory that is gone is found by its absence from seen
+                    vanished.append(path)  # a directory: found by its absence from seen, with what it held
+                    if kind == "d":
+                        below.append(path)
                     continue
-                if got.kind != kind:
-                    (not_dirs if kind == "d" else vanished).append(path)
-                elif got.kind != "d" and not stale and got.size == size and got.mtime_ns == mtime_ns \
-                        and got.mode & 0o7777 == mode and got.link == link \
-                        and (got.inode == inode or not inode or not got.inode):
-                    unchanged += 1
-                    continue
+                if kind == "d" and got.kind != "d":
+                    below.append(path)
+                elif got.kind != kind:
+                    vanished.append(path)  # the other kind's row goes (a file of the same kind stays)
                 yield got
 
-        self._load(differing())
+        self._load(differing(source.stat_changed(tree.root, KnownPaths(tree.root, self._known_paths))))
+        briefed = total - answered
+        if briefed and not brief:
+            raise MirrorError(f"{tree.name}: the source left {briefed} paths unanswered by a plain stat")
         clock = _clock(source, tree.root)  # of this stat (another one, below, has its own)
+        orphans = conn.execute(_KNOWN_ORPHANS, (name,)).fetchall()
+        if orphans:  # their answers stand for nothing: stat'ed again, checked, in place of them
+            conn.executemany("DELETE FROM seen WHERE path = ?", [(p,) for p, _ in orphans])
+            doubtful.update(orphans)
         if doubtful:
-            self._load(source.stat(tree.root, doubtful), keep_dirs=True)
-        if not_dirs:
-            below = [(p + b"/", p + b"0") for p in not_dirs]  # b"0" follows b"/": the range of paths below p
+            self._load(differing(source.stat(tree.root, sorted(doubtful))), keep_dirs=True)
+        if below:
+            ranges = [(p + b"/", p + b"0") for p in below]  # b"0" follows b"/": the range of paths below p
+            gone = set(vanished)
             conn.execute("BEGIN")
-            conn.executemany("DELETE FROM seen WHERE path > ? AND path < ?", below)
+            conn.executemany("DELETE FROM seen WHERE path > ? AND path < ?", ranges)
+            conn.executemany("DELETE FROM seen WHERE path = ? AND kind = 'd'", [(p,) for p in below if p in gone])
             conn.execute("COMMIT")
-            vanished = [p for p in vanished if not any(p.startswith(lo) for lo, _ in below)]
+            vanished = [p for p in vanished if not any(p.startswith(lo) for lo, _ in ranges)]
         self._vanished = [(p,) for p in vanished]
         if self._progress is not None:
-            self._progress.advance(unchanged)
-        self.report.add(entries_listed=unchanged)
+            self._progress.advance(briefed)
+        self.report.add(entries_listed=briefed)
         return briefed, clock
 
     def _relist(self, source: Source) -> None:
@@ -564,11 +575,11 @@ class TreeWorker:
         if self.full_cover:
             conn.execute(ins + f"main.files f WHERE f.tree = ? AND {_NOT_SEEN}", (name,))
         else:
-            # The recorded directories no longer listed as such, read once, through files_cheap:
+            # The recorded directories no longer listed as such, read once, through files_known:
             # files_by_dir covers these columns too, and a state given it by an upgrade (created last)
             # had SQLite walk every file of the tree by it. Each is deleted, and below, what it held.
             conn.execute(
-                "INSERT INTO gone SELECT f.path FROM main.files f INDEXED BY files_cheap WHERE f.tree = ?"
+                "INSERT INTO gone SELECT f.path FROM main.files f INDEXED BY files_known WHERE f.tree = ?"
                 " AND f.cls > 0 AND f.cls = ? AND NOT EXISTS (SELECT 1 FROM seen s WHERE s.path = f.path"
                 " AND s.kind = 'd')", (name, CLS_DIR))
             conn.execute(ins + "gone g CROSS JOIN main.files f ON f.tree = ? AND f.path = g.path", (name,))

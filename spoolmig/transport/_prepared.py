@@ -17,7 +17,7 @@ from typing import Protocol
 from spoolmig.errors import TransportError
 from spoolmig.transport import _remote
 from spoolmig.transport._common import check_relpath, show
-from spoolmig.transport.base import Entry, KnownPaths
+from spoolmig.transport.base import UNCHANGED, Entry, KnownPaths
 
 
 class Combined(Protocol):
@@ -35,56 +35,165 @@ class PreparedStat:
     """The stat section of a combined command: several trees' known paths answered, tree after tree.
 
     The paths went out on the command's stdin as absolute arguments
-    (:func:`_remote.stat_arg`) and the answers come back in that order, a
-    vanished path printing nothing (and, with a ``since``, a path unchanged
-    since then its path alone, see :class:`KnownPaths`). Each tree's :meth:`SshSource.stat` takes
-    its share, checking the caller's paths against what was sent, so an
-    answer is only ever taken for the path it was asked for.
+    (:func:`_remote.stat_arg`) and the answers come back in that order: a
+    full record names its path; a vanished path prints nothing; with a
+    ``since`` (:class:`KnownPaths`), a path unchanged since then prints one
+    byte and no path, so the answers for 10,000 unchanged paths are 10 kB
+    that no Python loop goes through. Where they stand is told by what is
+    around them: between two full records, as many "unchanged" bytes as paths
+    sent means each of those paths is unchanged; none, that every one
+    vanished; a few, that some vanished, and that stretch is stat'ed again in
+    full (``restat``). :meth:`changes` gives a tree's answers that are not
+    "unchanged"; :meth:`answers` one answer per path, for :meth:`SshSource.stat`.
     """
 
     def __init__(self, combined: Combined, index: int, sent: bytes, starts: list[tuple[str, int]]) -> None:
         self.combined, self.index, self.sent = combined, index, sent
-        #: root -> offset in ``sent`` of its first path
+        #: root -> offsets in ``sent`` of its first path and of the end of its last
         self.starts = dict(starts)
-        #: A tree's position by the prefix of its answers' paths (its root, then ``/./``).
-        self.order = {_remote.stat_prefix(root): i for i, (root, _) in enumerate(starts)}
+        self.ends = {root: starts[i + 1][1] if i + 1 < len(starts) else len(sent)
+                     for i, (root, _) in enumerate(starts)}
         self.waiting = set(self.starts)  # trees not asked for yet
-        self._records: Iterator[Entry] | None = None
-        self._ahead: tuple[int, Entry] | None = None  # read, not taken: a later path's or tree's
+        self._records: Iterator[Entry | int] | None = None
+        self._ahead: tuple[int, Entry] | None = None  # a full answer read and placed, not taken yet
+        self._units = 0  # "unchanged" answers read and not yet counted against paths
+        self._at = 0  # offset in ``sent`` of the first path whose answer is not placed yet
+        self._doubt_to = 0  # paths before this offset were counted in a mixed stretch: stat'ed again
+        self._prefix = b""  # of the tree being answered
 
-    def _peek(self) -> tuple[int, Entry] | None:
-        """The next answer and its tree's position; None at the section's end."""
+    def ahead_for(self, root: str) -> bool:
+        """Are ``root``'s answers still to be had: in the stream ahead, or read into this object?
+
+        Trees are taken in the order sent. Reading a tree's last answers may
+        read the section to its end (to count the "unchanged" bytes up to the
+        next full answer): what is left then is here, not in the stream.
+        """
+        in_stream = self._records is not None or self.index >= self.combined.pos
+        return in_stream and self._at <= self.starts[root]
+
+    def _next(self) -> tuple[int, Entry] | None:
+        """The next full answer and its offset in ``sent``; None at the section's end."""
         if self._ahead is None:
             if self._records is None:
                 self._records = self.combined.section(self.index, "stat of known paths")
-            record = next(self._records, None)
-            if record is None:
-                return None
-            path = record.path
-            cut = path.find(b"/./")
-            tree = self.order.get(path[:cut + 3] if cut >= 0 else path + b"/")
-            if tree is None:
-                raise TransportError(f"the source answered for {show(path)!r}, which was not asked for")
-            self._ahead = (tree, record)
+            for record in self._records:
+                if isinstance(record, int):
+                    self._units += record
+                    continue
+                at = self._locate(record.path)
+                if at < 0:
+                    raise TransportError(f"the source answered for {show(record.path)!r}, which was not asked for"
+                                         " (or not in this order)")
+                self._ahead = (at, record)
+                break
         return self._ahead
 
-    def answers(self, root: str, paths: Iterable[bytes], asking: list[bytes],
-                recheck: Callable[[bytes], Entry | bytes]) -> Iterator[Entry | bytes]:
-        """:meth:`SshSource.stat` of ``root``'s paths; ``asking`` holds the one not answered yet.
+    def _locate(self, arg: bytes) -> int:
+        """Offset of the path ``arg`` in ``sent``, at or after the first not placed; -1 if not there."""
+        sent, needle = self.sent, arg + b"\0"
+        at = sent.find(needle, self._at)
+        while at > 0 and sent[at - 1] != 0:  # inside a longer path
+            at = sent.find(needle, at + 1)
+        return at
 
-        The kernel resolves a path through a symlink in the middle, so an
-        answer stands only if the path's directory was answered a directory
-        (before it, in this stat): below anything else the path is vanished,
-        and below a directory not asked for it is stat'ed again, checked
-        (``recheck``; a listing of known paths always asks for directories
-        first).
+    def _place(self, upto: int, quiet: bool = False) -> tuple[bool, list[bytes]]:
+        """Place the paths from the first not placed up to ``upto``: no full answer is among them.
+
+        Returns (stat again?, paths): no paths if every one is unchanged,
+        else all of them, vanished or to be stat'ed again. The count of
+        "unchanged" bytes is only exact up to the next full answer (or the
+        section's end), which may lie in a later tree: a mixed count there
+        has that tree's part stat'ed again too.
+        """
+        lo, sent = self._at, self.sent
+        n = sent.count(b"\0", lo, upto)
+        if n == 0:
+            self._at = upto
+            return False, []
+        ahead = self._next()  # (a lost connection here leaves them unplaced: :meth:`unanswered`)
+        self._at = upto
+        end = ahead[0] if ahead is not None else len(sent)  # the stretch the count is exact for
+        whole = n if end == upto else n + sent.count(b"\0", upto, end)
+        if self._units > whole:
+            raise TransportError("the source answered more paths than were asked for")
+        doubt = lo < self._doubt_to
+        if not doubt and self._units == whole:
+            self._units -= n  # every one unchanged
+            return False, []
+        if not doubt and self._units:  # some vanished, in this tree or a later one: which, a stat can tell
+            self._doubt_to, doubt = end, True
+        self._units = 0  # (none at all: every one vanished)
+        if quiet:
+            return doubt, []
+        return doubt, [_relative(self._prefix, arg) for arg in sent[lo:upto].split(b"\0")[:-1]]
+
+    def _settled(self, upto: int,
+                 restat: Callable[[list[bytes]], Iterable[Entry | bytes]]) -> Iterator[Entry | bytes]:
+        again, paths = self._place(upto)
+        yield from restat(paths) if again else paths
+
+    def changes(self, root: str, restat: Callable[[list[bytes]], Iterable[Entry | bytes]]) -> Iterator[Entry | bytes]:
+        """``root``'s answers, in path order, leaving out those "unchanged": full Entries and vanished paths.
+
+        A path below one answered vanished or not a directory may be answered
+        anything, or not at all: the caller takes what is below such a path
+        as gone. The paths' directories are among them (:class:`KnownPaths`).
+        ``restat`` stats paths again, one answer each.
+        """
+        lo, hi = self.starts[root], self.ends[root]
+        self.waiting.discard(root)
+        if self._at > lo:
+            raise TransportError(f"the stat of the known paths below {root} was read past already")
+        while (ahead := self._next()) is not None and ahead[0] < lo:  # an earlier tree's, never asked for
+            self._ahead = None
+            self._place(ahead[0], quiet=True)
+            self._at = ahead[0] + len(ahead[1].path) + 1
+        if self._at < lo:
+            self._place(lo, quiet=True)
+        self._prefix = _remote.stat_prefix(root)
+        entry = tuple.__new__
+        while (ahead := self._next()) is not None and ahead[0] < hi:
+            at, record = ahead
+            yield from self._settled(at, restat)  # (reads nothing more: the next answer is this one)
+            self._ahead = None
+            self._at = at + len(record.path) + 1
+            yield entry(Entry, (_relative(self._prefix, record.path), *record[1:]))  # = record._replace(path=...)
+        yield from self._settled(hi, restat)
+        errors = bytes(self.combined.errbuf)  # still arriving: a last line without its end is not judged yet
+        line = _remote.fatal_stderr(errors[:errors.rfind(b"\n") + 1])
+        if line is not None:
+            raise TransportError(f"stat in {root} failed on the source: {line}")
+        if not self.waiting:  # the last tree: read the section's end (its exit status is checked there)
+            while self._next() is not None:
+                self._ahead = None
+                self._at = len(self.sent)
+            if self._units > self.sent.count(b"\0", self._at):
+                raise TransportError("the source answered more paths than were asked for")
+
+    def unanswered(self, root: str) -> list[bytes]:
+        """``root``'s paths from the first whose answer was not given (the connection was lost)."""
+        lo = max(self._at, self.starts[root])
+        return [_relative(_remote.stat_prefix(root), arg)
+                for arg in self.sent[lo:self.ends[root]].split(b"\0")[:-1]]
+
+    def answers(self, root: str, paths: Iterable[bytes], asking: list[bytes],
+                recheck: Callable[[bytes], Entry | bytes],
+                restat: Callable[[list[bytes]], Iterable[Entry | bytes]]) -> Iterator[Entry | bytes]:
+        """:meth:`SshSource.stat` of ``root``'s paths, one answer each; ``asking`` holds the one not answered yet.
+
+        An unchanged path is answered :data:`UNCHANGED`. The kernel resolves
+        a path through a symlink in the middle, so an answer stands only if
+        the path's directory was answered a directory (before it, in this
+        stat): below anything else the path is vanished, and below a directory
+        not asked for it is stat'ed again, checked (``recheck``).
         """
         prefix = _remote.stat_prefix(root)
-        tree, pos, sent = self.order[prefix], self.starts[root], self.sent
-        self.waiting.discard(root)
+        pos, sent = self.starts[root], self.sent
+        changes = self.changes(root, restat)
         dirs: set[bytes] = {b""}  # answered as real directories: what is below them can be trusted
         others: set[bytes] = set()  # answered as something else, or vanished
-        peek, entry = self._peek, tuple.__new__  # (a hot loop: once per known path of the spool)
+        entry = tuple.__new__
+        change = next(changes, None)
         for path in paths:
             arg = _remote.stat_arg(prefix, path)  # the same bytes as sent: checked by _stat_args
             if not sent.startswith(arg + b"\0", pos):
@@ -92,15 +201,11 @@ class PreparedStat:
                                      f"({show(path)!r} was not)")
             pos += len(arg) + 1
             asking.append(path)
-            answer: Entry | bytes = path  # vanished, unless the next answer is for it
-            while (ahead := peek()) is not None and ahead[0] <= tree:
-                if ahead[0] == tree:
-                    record = ahead[1]
-                    if record[0] == arg:
-                        self._ahead = None
-                        answer = entry(Entry, (path, *record[1:]))  # = record._replace(path=path), faster
-                    break  # else: the answer of a later path
-                self._ahead = None  # an earlier tree's, never asked for
+            answer: Entry | bytes
+            if change is not None and (change if isinstance(change, bytes) else change.path) == path:
+                answer, change = change, next(changes, None)
+            else:
+                answer = entry(Entry, (path, UNCHANGED, -1, -1, 0, 0, None))
             if path:
                 parent = path.rpartition(b"/")[0]
                 if parent in others:
@@ -108,16 +213,16 @@ class PreparedStat:
                 elif parent not in dirs:
                     answer = recheck(path)
             # An unchanged path is what the caller recorded: if that was a directory, it still is one.
-            (dirs if not isinstance(answer, bytes) and answer.kind in ("d", "u") else others).add(path)
+            (dirs if not isinstance(answer, bytes) and answer.kind in ("d", UNCHANGED) else others).add(path)
             asking.clear()
             yield answer
-        errors = bytes(self.combined.errbuf)  # still arriving: a last line without its end is not judged yet
-        line = _remote.fatal_stderr(errors[:errors.rfind(b"\n") + 1])
-        if line is not None:
-            raise TransportError(f"stat in {root} failed on the source: {line}")
-        if not self.waiting:  # the last tree: read the section's end (its exit status is checked there)
-            while self._peek() is not None:
-                self._ahead = None
+        for _ in changes:  # (the section's end is read, and checked)
+            pass
+
+
+def _relative(prefix: bytes, arg: bytes) -> bytes:
+    """The path of a tree's argument :func:`_remote.stat_arg` made (``root/.``: the root, ``b""``)."""
+    return arg[len(prefix):] if arg.startswith(prefix) else b""
 
 
 def stat_args(known: list[KnownPaths]) -> tuple[bytes, list[tuple[str, int]]]:

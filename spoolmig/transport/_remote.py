@@ -24,9 +24,10 @@ from spoolmig.transport.base import Entry, Kind, Names
 #: type, permission bits (octal), size, inode, mtime (seconds.fraction), link target, path.
 FIND_FORMAT = r"%y\0%m\0%s\0%i\0%T@\0%l\0%p\0"
 FIELDS = 7
-#: A stat answer for a path unchanged since a time (:func:`stat_stdin_script`): the kind ``u``
-#: (``%y`` never prints it), then only the path.
-UNCHANGED_FORMAT = r"u\0\0\0\0\0\0%p\0"
+#: A stat answer for a path unchanged since a time (:func:`stat_stdin_script`): the one byte ``u``
+#: (``%y`` never prints it), no path, no NUL. Answers come in the order asked, so a run of them
+#: stands for as many paths; a vanished path prints nothing (:class:`._prepared.PreparedStat`).
+UNCHANGED_MARK = "u"
 _KINDS: dict[bytes, Kind] = {b"f": "f", b"d": "d", b"l": "l"}
 
 #: Exit status a command uses to say "could not enter the root" (vs. root missing: 0, no output).
@@ -135,16 +136,15 @@ def stat_stdin_script(since_s: int | None = None) -> str:
     paths span several trees, so they are absolute (:func:`stat_arg`): a
     path that starts with ``/`` is never taken for an option. With
     ``since_s`` (the source's clock, whole seconds) a path whose ctime is
-    not later prints an :data:`UNCHANGED_FORMAT` record (its path only),
-    where the source's ``find`` knows ``-newerct``; elsewhere every answer
-    is a full one.
+    not later prints :data:`UNCHANGED_MARK` alone, where the source's
+    ``find`` knows ``-newerct``; elsewhere every answer is a full one.
     """
     full = _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'")
     if since_s is None:
         return full
     since = int(since_s)
     brief = _xargs(f"exec find \"$@\" -maxdepth 0 \\( -newerct @{since} -printf '{FIND_FORMAT}'"
-                   f" -o -printf '{UNCHANGED_FORMAT}' \\)")
+                   f" -o -printf {UNCHANGED_MARK} \\)")
     return f"if find / -maxdepth 0 -newerct @{since} -quit 2>/dev/null; then {brief}; else {full}; fi"
 
 
@@ -287,6 +287,8 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
     """Turn the byte stream of :data:`FIND_FORMAT` records into Entries as they arrive.
 
     With ``sections``, a :data:`SECTION_END` record yields ``(index, status)``.
+    A run of :data:`UNCHANGED_MARK` bytes (before a record, or at the end)
+    yields its length, an ``int``.
     Name-only records (:data:`NAME_ONLY`) of one directory come together as one
     :class:`Names`, once a record of another directory (or the end) shows that
     directory is done: ``find`` lists a directory's entries together.
@@ -326,10 +328,14 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
                 continue
             k = kinds.get(kind)
             if k is None:  # off the hot path: files, directories and links
-                if kind == b"u":
-                    yield new(Entry, (path, "u", -1, -1, 0, 0, None))
-                    continue
-                k = "o"
+                if kind[:1] == b"u":  # "unchanged" answers before this record (a stat since prints them)
+                    stripped = kind.lstrip(b"u")
+                    yield len(kind) - len(stripped)
+                    if stripped == SECTION_END and sections:
+                        yield int(fields[i + 2]), int(fields[i + 1])
+                        continue
+                    kind = stripped
+                k = kinds.get(kind, "o")
             t = fields[i + 4]
             dot = t.find(b".")
             if dot > 0 and len(t) - dot > 9 and t[0] != 45:  # "-": before 1970, the exact slow path
@@ -339,6 +345,9 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
             yield new(Entry, (path, k, int(fields[i + 2]), mtime_ns, int(fields[i + 1], 8) & 0o7777,
                               int(fields[i + 3]), fields[i + 5] if k == "l" else None))
         del fields[:n]
+    if rest and not fields and not rest.strip(b"u"):
+        yield len(rest)  # "unchanged" answers last
+        rest = b""
     if rest or fields:
         raise ValueError("listing ended in the middle of a record")
     if names:

@@ -161,6 +161,17 @@ class Source(Protocol):
         :data:`UNCHANGED` (see there).
         """
 
+    def stat_changed(self, root: str, known: KnownPaths) -> Iterator[Entry | bytes]:
+        """:meth:`stat` of ``known.paths()``, in their order, leaving out the answers :data:`UNCHANGED`.
+
+        What an incremental pass wants of the paths it knows: the ones that
+        changed or vanished. A source that prepared them with a ``since``
+        need not send anything for the rest (:func:`changed_only` is the
+        plain way). A path below one answered vanished or not a directory may
+        be answered anything, or not at all: the caller takes what is below
+        such a path as gone.
+        """
+
     def fetch(self, root: str, paths: Iterable[bytes | Entry]) -> Iterator[Fetched | bytes]:
         """Stream the contents of regular files, in the order given.
 
@@ -179,3 +190,10 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def changed_only(answers: Iterable[Entry | bytes]) -> Iterator[Entry | bytes]:
+    """:meth:`Source.stat` answers without the :data:`UNCHANGED` ones (:meth:`Source.stat_changed`)."""
+    for answer in answers:
+        if isinstance(answer, bytes) or answer.kind != UNCHANGED:
+            yield answer

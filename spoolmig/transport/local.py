@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 
 from spoolmig.errors import TransportError
 from spoolmig.transport._common import check_relpath, check_root, entry_from_stat, glob_matcher, join
-from spoolmig.transport.base import Entry, Fetched, Names
+from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names, changed_only
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO that a hostile source planted must not hang us.
@@ -256,6 +256,9 @@ class LocalSource:
                 os.close(cached[1])
             if rootfd is not None:
                 os.close(rootfd)
+
+    def stat_changed(self, root: str, known: KnownPaths) -> Iterator[Entry | bytes]:
+        return changed_only(self.stat(root, known.paths()))  # every answer is a full one here
 
     def stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
         self._clocks[root] = time.time_ns()

@@ -65,7 +65,7 @@ from spoolmig.transport._common import BUFFER_LIMIT, MiB, buffered, show
 from spoolmig.transport._common import Lost as _Lost
 from spoolmig.transport._sftp import SftpReader
 from spoolmig.transport._tar import TarFormatError, TarStream
-from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names
+from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names, changed_only
 
 if TYPE_CHECKING:
     from spoolmig.config import SourceConfig
@@ -276,6 +276,10 @@ class _Combined:
     def section(self, index: int, what: str) -> Iterator[Entry]:
         try:
             for record in self.records:
+                if type(record) is int:  # a run of "unchanged" stat answers
+                    if self.pos == index:
+                        yield record  # type: ignore[misc]
+                    continue
                 if not isinstance(record, (Entry, Names)):  # (index, status): a section ends
                     done, status = record
                     if done == _remote.CLOCK_SECTION:
@@ -964,7 +968,7 @@ class SshSource:
         stat = self._stats.pop(root, None)
         if self._prepared.pop(("stat", root), None) is None or stat is None:
             return None
-        if stat.combined.generation != conn.generation or stat.index < stat.combined.pos:
+        if stat.combined.generation != conn.generation or not stat.ahead_for(root):
             return None
         return stat
 
@@ -1050,13 +1054,31 @@ class SshSource:
         if prepared is not None:
             rest, asking = iter(paths), []
             try:
-                yield from prepared.answers(root, rest, asking, lambda p: list(self._stat(root, [p]))[0])
+                yield from prepared.answers(root, rest, asking, lambda p: list(self._stat(root, [p]))[0],
+                                            lambda ps: self._stat(root, ps))
                 self._clocks[root] = prepared.combined.clock
                 return
             except _Lost as error:  # go on with the rest as its own command
                 self._reconnect(conn, str(error))
                 paths = itertools.chain(asking, rest)
         yield from self._stat(root, paths)
+
+    def stat_changed(self, root: str, known: KnownPaths) -> Iterator[Entry | bytes]:
+        root = check_root(root)
+        conn = self._live()
+        prepared = self._take_stat(conn, root) if conn.shell else None
+        if prepared is None:
+            yield from changed_only(self.stat(root, known.paths()))
+            return
+        self._clocks.pop(root, None)
+        try:
+            for answer in prepared.changes(root, lambda ps: self._stat(root, ps)):
+                yield answer
+        except _Lost as error:  # go on from the first path not answered, as a command of its own
+            self._reconnect(conn, str(error))
+            yield from changed_only(self._stat(root, prepared.unanswered(root)))
+            return
+        self._clocks[root] = prepared.combined.clock
 
     def _stat(self, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
         """:meth:`stat` by batched commands, each checking the paths' directories first."""
