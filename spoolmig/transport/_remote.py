@@ -9,7 +9,9 @@ as ``-rf`` can never be taken for an option.
 
 Every record printed by ``find -printf`` is seven NUL-terminated fields
 (:data:`FIND_FORMAT`); a file name cannot contain NUL, so this framing is
-exact for names with newlines, quotes or non-UTF-8 bytes.
+exact for names with newlines, quotes or non-UTF-8 bytes. The one exception
+is the stat's "unchanged" answer, a single byte between records
+(:data:`UNCHANGED_MARK`).
 """
 
 from __future__ import annotations
