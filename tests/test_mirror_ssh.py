@@ -263,6 +263,14 @@ def _wait_past_since(cfg: config.Config) -> None:
         time.sleep(0.05)
 
 
+def _clean_pass_then_wait_past_its_since(cfg: config.Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean pass whose "since" is a second after its listing began, then until a change is after it."""
+    # (the margin is two minutes before the listing: the tree, just made, would all count as changed)
+    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
+    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
+    _wait_past_since(cfg)
+
+
 def _index_of(server: Any) -> tuple[Path, bytes]:
     """A default-partition mailbox's cyrus.index: the file, and its path in the partition's tree."""
     box = next(m for m in server.mailboxes.values() if server.partition_of[m.name] == "default")
@@ -342,9 +350,7 @@ class Dropping(Wrapper):
 def test_after_a_pass_with_errors_the_next_hears_of_everything(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A file that failed to copy is retried even if it never changes again: no "unchanged" answers then."""
     server, cfg, _ = setup
-    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
-    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
-    _wait_past_since(cfg)
+    _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
     index, rel = _index_of(server)
     _flip_last_byte(index)
     report = run_pass(cfg, lambda: Dropping(open_source(cfg.source), rel))
@@ -363,9 +369,7 @@ def test_an_unchanged_answer_does_not_stand_for_a_stale_row(
         setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     """Rows a killed pass left stale are stat'ed again (the file fetched), however old the paths' ctimes."""
     server, cfg, _ = setup
-    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
-    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
-    _wait_past_since(cfg)
+    _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
     _, rel = _index_of(server)
     copy = Path(cfg.mirror.path) / "partition-default" / os.fsdecode(rel)
     copy.write_bytes(b"half written")  # what the killed pass left, recorded stale
@@ -408,9 +412,7 @@ def test_unchanged_paths_send_nothing_and_every_kind_of_change_converges(
         setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """Through the real source and sshd: one byte per unchanged path; changes, expunges and a mailbox gone."""
     server, cfg, _ = setup
-    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
-    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
-    _wait_past_since(cfg)
+    _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
     index, rel = _index_of(server)
     _flip_last_byte(index)
     server.deliver(3)
@@ -436,9 +438,7 @@ def test_a_row_whose_directory_the_state_lost_is_stated_again_checked(
     from spoolmig.transport.ssh import SshSource
 
     server, cfg, _ = setup
-    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
-    assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
-    _wait_past_since(cfg)
+    _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
     index, rel = _index_of(server)
     box = rel.rpartition(b"/")[0]
     with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:  # a state that lost the mailbox's row

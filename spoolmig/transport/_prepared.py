@@ -28,7 +28,7 @@ class Combined(Protocol):
     generation: int  # of the connection it runs on
     clock: int | None  # the source's clock before the listing began
 
-    def section(self, index: int, what: str) -> Iterator[Entry]: ...
+    def section(self, index: int, what: str) -> Iterator[Entry | int]: ...  # int: a run of "unchanged"
 
 
 class PreparedStat:
