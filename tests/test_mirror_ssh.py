@@ -391,20 +391,20 @@ def test_an_unchanged_answer_does_not_stand_for_a_stale_row(
     assert_state_matches_disk(Path(cfg.mirror.path))
 
 
-def _counting_changes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many answers the SSH source's stat_changed gives, per tree root (the raw source, no wrapper)."""
+def _answers_of(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[str, Entry | bytes]]:
+    """Every answer the raw SSH source's ``stat_changed`` or ``_stat`` gives, with its tree's root (no wrapper)."""
     from spoolmig.transport.ssh import SshSource
 
-    counts: dict[str, int] = {}
-    real = SshSource.stat_changed
+    answers: list[tuple[str, Entry | bytes]] = []
+    real = getattr(SshSource, method)
 
-    def counting(self: SshSource, root: str, known: Any) -> Iterator[Entry | bytes]:
-        for answer in real(self, root, known):
-            counts[root] = counts.get(root, 0) + 1
+    def recording(self: SshSource, root: str, *args: Any) -> Iterator[Entry | bytes]:
+        for answer in real(self, root, *args):
+            answers.append((root, answer))
             yield answer
 
-    monkeypatch.setattr(SshSource, "stat_changed", counting)
-    return counts
+    monkeypatch.setattr(SshSource, method, recording)
+    return answers
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -420,12 +420,12 @@ def test_unchanged_paths_send_nothing_and_every_kind_of_change_converges(
     gone = next(name for name, m in server.mailboxes.items()
                 if server.partition_of[name] == "default" and server.mailbox_dir(m) != index.parent)
     server.delete_mailbox(gone)  # its directory and cyrus.* files print nothing: vanished, among unchanged
-    counts = _counting_changes(monkeypatch)
+    answers = _answers_of(monkeypatch, "stat_changed")
     report = run_pass(cfg, lambda: open_source(cfg.source))
     assert report.exit_code() == 0, report.warnings
     with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:
         known = conn.execute("SELECT count(*) FROM files WHERE tree LIKE 'partition-%' AND cls > 0").fetchone()[0]
-    assert 0 < sum(counts.values()) < known / 2, (counts, known)  # the rest: a byte each, no answer here
+    assert 0 < len(answers) < known / 2, (len(answers), known)  # the rest: a byte each, no answer here
     assert report.figures["files_changed"] >= 1 and report.figures["files_deleted"] >= 2
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
@@ -435,24 +435,15 @@ def test_unchanged_paths_send_nothing_and_every_kind_of_change_converges(
 def test_a_row_whose_directory_the_state_lost_is_stated_again_checked(
         setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """Nothing vouches for a path below an unrecorded directory: it is stat'ed again, its directories checked."""
-    from spoolmig.transport.ssh import SshSource
-
     server, cfg, _ = setup
     _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
     index, rel = _index_of(server)
     box = rel.rpartition(b"/")[0]
     with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:  # a state that lost the mailbox's row
         assert conn.execute("DELETE FROM files WHERE tree = 'partition-default' AND path = ?", (box,)).rowcount == 1
-    checked: list[bytes] = []
-    real = SshSource._stat
-
-    def recording(self: SshSource, root: str, paths: Iterable[bytes]) -> Iterator[Entry | bytes]:
-        paths = list(paths)
-        checked.extend(paths)
-        return real(self, root, paths)
-
-    monkeypatch.setattr(SshSource, "_stat", recording)
+    answers = _answers_of(monkeypatch, "_stat")  # the checked stat: one answer per path asked
     report = run_pass(cfg, lambda: open_source(cfg.source))
     assert report.exit_code() == 0, report.warnings
+    checked = [a if isinstance(a, bytes) else a.path for _, a in answers]
     assert rel in checked and all(p.startswith(box + b"/") for p in checked), checked
     assert_mirrors(ROOT, cfg)  # (the directory's own row stays lost: nothing lists its unchanged parent)
