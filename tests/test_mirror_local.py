@@ -151,6 +151,25 @@ def test_relisted_directories_compare_message_files_by_name(setup) -> None:  # n
 
 
 @pytest.mark.usefixtures("no_freshness")
+def test_message_files_in_a_partition_root_with_odd_names_are_compared_by_name(setup) -> None:  # noqa: ANN001
+    """Names of the root itself (its files have the dir b"") and names no encoding holds: only new ones stat'ed."""
+    server, cfg = setup
+    top = server.path(server.partitions["default"])
+    odd = [b"1.", b"\xff\xfe.", b"new\nline.", b"-rf", b"0"]
+    for name in odd:
+        (top / os.fsdecode(name)).write_bytes(b"x" * 7)
+    run_pass(cfg, local_factory(cfg))
+    time.sleep(0.01)
+    (top / os.fsdecode(odd[1])).unlink()
+    (top / "2.").write_bytes(b"y")
+    known = _known(cfg)
+    rec, report = _recorded_pass(cfg)
+    assert _message_stats(cfg, rec, known) == {b"2."}
+    assert report.figures["files_new"] == 1 and report.figures["files_deleted"] == 1
+    _converged(server, cfg)
+
+
+@pytest.mark.usefixtures("no_freshness")
 def test_a_message_file_replaced_by_a_directory_converges(setup) -> None:  # noqa: ANN001
     """A name listed as a directory where the state has a message file: the file goes, the directory comes."""
     server, cfg = setup

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,10 +191,10 @@ def test_list_dirs_by_name_reports_plain_files_once_per_directory(src: tuple[Sou
     got = list(source.list_dirs(root, dirs, stat_globs=[b"cyrus.*"]))
     entries = [g for g in got if isinstance(g, Entry)]
     blocks = [g for g in got if isinstance(g, Names)]
-    by_name = [p for b in blocks for p in b.paths]
+    by_name = [b.dir + b"/" + n for b in blocks for n in b.names]
     assert len({b.dir for b in blocks}) == len(blocks), "one block per directory"
     for block in blocks:
-        assert all(p.rpartition(b"/")[0] == block.dir for p in block.paths)
+        assert all(n and b"/" not in n for n in block.names), "base names"
     listed = [e.path for e in entries] + by_name
     assert len(listed) == len(set(listed)), "nothing twice"
     expected = set()
@@ -224,32 +225,48 @@ def test_list_dirs_by_name_with_no_stat_globs_names_every_regular_file(tmp_path:
         (spool / "d" / name).write_bytes(b"x")
     got = list(LocalSource(tmp_path).list_dirs(ROOT, [b"d"], stat_globs=[]))
     assert len(got) == 1 and isinstance(got[0], Names) and got[0].dir == b"d"
-    assert sorted(got[0].paths) == [b"d/1.", b"d/cyrus.index"]
+    assert sorted(got[0].names) == [b"1.", b"cyrus.index"]
 
 
-def test_name_only_records_group_per_directory_across_chunk_boundaries() -> None:
-    """find lists a directory's entries together: its name-only records become one Names, wherever chunks cut."""
-    def name(p: bytes) -> bytes:
-        return b"n\0\0\0\0\0\0./" + p + b"\0"
+def test_a_listing_by_name_from_the_real_find_parses_the_same_wherever_chunks_cut(tmp_path: Path) -> None:
+    """list_command's output as /bin/sh and GNU find print it: one Names per directory, after its other
+    entries; a listed directory that is a file or symlink now, or gone, lists nothing."""
+    root = tmp_path / "spool"
+    for d in ("a", "a/sub", "b", "c", "empty"):
+        (root / d).mkdir(parents=True)
+    for f in ("a/1.", "a/new\nline.", "a/cyrus.index", "a/sub/5.", "b/7.", "c/cyrus.header", "1.", "plain", "0x"):
+        (root / f).write_bytes(b"x" * 12)
+    os.symlink("a", root / "link")
+    dirs = [b"a", b"plain", b"a/sub", b"b", b"link", b"gone", b"empty", b"c", b"", b"0x"]
+    stdin = _remote.stdin_paths(dirs)
+    done = subprocess.run(["/bin/sh", "-c", _remote.list_command(str(root), stat_globs=[b"cyrus.*"])],
+                          input=stdin, capture_output=True)
+    assert b"gone" in done.stderr
+    raw = done.stdout
 
-    def full(p: bytes, kind: bytes = b"f") -> bytes:
-        return kind + b"\x00644\x0012\x0099\x001700000000.5\x00\x00./" + p + b"\x00"
+    def entry(path: str, kind: str) -> Entry:
+        st = os.lstat(root / path)
+        return Entry(path.encode(), kind, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ino,
+                     os.readlink(root / path).encode() if kind == "l" else None)
 
-    raw = (name(b"a/1.") + full(b"a/cyrus.index") + name(b"a/new\nline.") + full(b"a/sub", b"d")
-           + name(b"b/7.") + full(b"c/cyrus.header") + name(b"c/9.") + b"=\x000\x000\x00\x00\x00\x00\x00"
-           + name(b"d/2."))
+    expected = [
+        entry("a/sub", "d"), entry("a/cyrus.index", "f"), Names(b"a", [b"1.", b"new\nline."]),
+        Names(b"a/sub", [b"5."]), Names(b"b", [b"7."]), entry("c/cyrus.header", "f"),
+        *(entry(n, k) for n, k in (("a", "d"), ("b", "d"), ("c", "d"), ("empty", "d"), ("link", "l"))),
+        Names(b"", [b"1.", b"plain", b"0x"]),
+    ]
+    def unordered(items: list[Entry | Names]) -> list[str]:  # find's order within a directory is its own
+        return sorted(repr(Names(i.dir, sorted(i.names)) if isinstance(i, Names) else i) for i in items)
+
+    got = list(_remote.parse_named([raw]))
+    assert unordered(got) == unordered(expected)
+    for names in (g for g in got if isinstance(g, Names)):  # after the directory's other entries
+        assert not any(isinstance(g, Entry) and g.path.rpartition(b"/")[0] == names.dir
+                       for g in got[got.index(names):])
     for cut in range(len(raw)):
-        got = list(_remote.parse_records([raw[:cut], raw[cut:]], sections=True))
-        assert got == [
-            Entry(b"a/cyrus.index", "f", 12, 1_700_000_000_500_000_000, 0o644, 99),
-            Entry(b"a/sub", "d", 12, 1_700_000_000_500_000_000, 0o644, 99),
-            Names(b"a", [b"a/1.", b"a/new\nline."]),
-            Names(b"b", [b"b/7."]),
-            Entry(b"c/cyrus.header", "f", 12, 1_700_000_000_500_000_000, 0o644, 99),
-            Names(b"c", [b"c/9."]),
-            (0, 0),
-            Names(b"d", [b"d/2."]),
-        ], cut
+        assert list(_remote.parse_named([raw[:cut], raw[cut:]])) == got, cut
+    with pytest.raises(ValueError):
+        list(_remote.parse_named([raw[:-1]]))
 
 
 @given(hst.integers(min_value=-(2**33), max_value=2**40), hst.text("0123456789", max_size=12))

@@ -125,6 +125,13 @@ _SEEN_RECORDED_DIRS = (f"INSERT INTO seen SELECT path, dir, kind, cls, size, mti
                        f" FROM main.files INDEXED BY files_known WHERE tree = ? AND cls > 0 AND cls = {CLS_DIR}"
                        f" AND stale = 0 AND mtime_ns >= 0 AND mode >= 0")
 _SEEN_DIR = "SELECT 1 FROM seen WHERE path = ? AND kind = 'd'"
+#: The recorded message files of some directories, as one value per directory: their base names
+#: joined by NUL (never in a name), read through files_by_dir (its key holds the path). Built in
+#: SQLite, with no row or Python object per file; bytes as stored (group_concat copies them as text,
+#: the cast gives them back untouched). A file directly in the root has the dir b"".
+_RECORDED_NAMES = ("SELECT dir, CAST(group_concat(substr(path, length(dir) + 1 + (length(dir) > 0)), x'00') AS BLOB)"
+                   " FROM main.files INDEXED BY files_by_dir WHERE tree = ? AND dir IN ({dirs})"
+                   f" AND kind = 'f' AND cls = {CLS_PLAIN} AND stale = 0 GROUP BY dir")
 #: Is a directory, as listed in ``seen``, to be listed (new, changed, or not trusted)?
 _DIR_CHANGED = "(f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)"
 _MARK_STALE = st.Insert("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)",
@@ -490,31 +497,47 @@ class TreeWorker:
         name no longer listed is gone (:meth:`_diff`). The directories are
         marked ``named`` so the diff's per-directory deletion check leaves
         their recorded message files to this comparison.
+
+        Both sides are whole sets of base names per directory (the state's
+        read as one value per directory, :data:`_RECORDED_NAMES`): a path is
+        built only for a name that is new or gone.
         """
         conn, name = self.conn, self.tree.name
         dirs = [b.dir for b in blocks]
-        known: dict[bytes, int] = {}
+        recorded: dict[bytes, bytes] = {}
         for i in range(0, len(dirs), _IN_LIMIT):
             part = dirs[i:i + _IN_LIMIT]
-            known.update(conn.execute(
-                f"SELECT path, size FROM main.files INDEXED BY files_by_dir WHERE tree = ? AND dir IN"
-                f" ({','.join('?' * len(part))}) AND kind = 'f' AND cls = {CLS_PLAIN} AND stale = 0",
-                (name, *part)).fetchall())
-        listed: set[bytes] = set()
+            recorded.update(conn.execute(_RECORDED_NAMES.format(dirs=",".join("?" * len(part))),
+                                         (name, *part)).fetchall())
+        new_paths: list[bytes] = []
+        gone: list[bytes] = []
+        listed = 0
         for block in blocks:
-            listed.update(block.paths)
-        self._gone_plain.extend((p, known[p]) for p in known.keys() - listed)
+            names = set(block.names)
+            listed += len(names)
+            joined = recorded.get(block.dir)
+            known = set(joined.split(b"\0")) if joined else set()
+            if names == known:
+                continue
+            prefix = block.dir + b"/" if block.dir else b""
+            new_paths.extend(prefix + n for n in names - known)
+            gone.extend(prefix + n for n in known - names)
+        for i in range(0, len(gone), _IN_LIMIT):
+            part = gone[i:i + _IN_LIMIT]
+            self._gone_plain.extend(conn.execute(
+                f"SELECT path, size FROM main.files WHERE tree = ? AND path IN ({','.join('?' * len(part))})",
+                (name, *part)).fetchall())
         conn.execute("BEGIN")
         conn.executemany("UPDATE relist SET named = 1 WHERE path = ?", [(d,) for d in dirs])
         conn.execute("COMMIT")
         new = []
-        for path in sorted(listed - known.keys()):
+        for path in sorted(new_paths):
             problem = check_relpath(path)
             if problem:
                 self.report.warn(f"{show_path(name, path)}: skipped: the name {problem}", count="errors")
             else:
                 new.append(path)
-        known_listed = len(listed) - len(new)  # the new ones count when loaded
+        known_listed = listed - len(new)  # the new ones count when loaded
         if self._progress is not None:
             self._progress.advance(known_listed)
         self.report.add(entries_listed=known_listed)

@@ -101,10 +101,12 @@ def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[byte
 
 #: Type field of the record that ends one tree's section in :func:`sections_command`'s output.
 SECTION_END = b"="
-#: Type field of a name-only record: a regular file listed without stat (:func:`list_command`).
-NAME_ONLY = b"n"
-#: A name-only record: seven fields like :data:`FIND_FORMAT`, only type and path filled in.
-NAME_FORMAT = r"n\0\0\0\0\0\0%p\0"
+#: A listing by name (:func:`list_command` with ``stat_globs``) prints a regular file that needs no
+#: stat as one field, its depth and base name (``1cyrus.index`` is never one: ``1123.`` is), and
+#: every other entry as an empty field (a name never is one) and a :data:`FIND_FORMAT` record whose
+#: type has the depth before it: ``0d`` for each listed directory itself, which starts its entries.
+NAMED_FORMAT = r"%d%f\0"
+NAMED_RECORD = r"\0%d%y\0%m\0%s\0%i\0%T@\0%l\0%p\0"
 
 
 #: Index of the pseudo section-end record that carries the source's clock (see :func:`sections_command`).
@@ -203,16 +205,21 @@ def stat_command(root: str, check_bytes: int | None = None) -> str:
 def list_command(root: str, check_bytes: int | None = None, stat_globs: Iterable[bytes] | None = None) -> str:
     """The entries inside each listed directory; with ``stat_globs``, other regular files by name only.
 
-    A name-only record (:data:`NAME_FORMAT`) needs no stat on the source:
-    ``-type`` comes from ``d_type``, ``-name`` and ``%p`` from the directory.
+    Without ``stat_globs`` every entry is a :data:`FIND_FORMAT` record
+    (:func:`parse_records`); with them the output is a listing by name
+    (:data:`NAMED_FORMAT`, :func:`parse_named`). A name needs no stat on the
+    source (``-type`` comes from ``d_type``, ``-name`` and ``%f`` from the
+    directory) and costs this side no Python per name: a directory's names
+    come as a run of fields, taken whole.
     """
-    expr = f"-printf '{FIND_FORMAT}'"
-    if stat_globs is not None:
-        globs = " -o ".join("-name " + shlex.quote(g.decode("utf-8", "surrogateescape")) for g in stat_globs)
-        plain = f"-type f ! \\( {globs} \\)" if globs else "-type f"
-        expr = f"\\( {plain} -printf '{NAME_FORMAT}' \\) -o " + expr
+    if stat_globs is None:
+        return wrap(enter(root) + checked(check_bytes)
+                    + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'"))
+    globs = " -o ".join("-name " + shlex.quote(g.decode("utf-8", "surrogateescape")) for g in stat_globs)
+    plain = f"-type f ! \\( {globs} \\)" if globs else "-type f"
     return wrap(enter(root) + checked(check_bytes)
-                + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 {expr}"))
+                + _xargs(f"exec find \"$@\" -maxdepth 1 \\( {plain} -printf '{NAMED_FORMAT}' \\)"
+                         f" -o -printf '{NAMED_RECORD}'"))
 
 
 def not_dirs_command(root: str) -> str:
@@ -291,9 +298,6 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
     With ``sections``, a :data:`SECTION_END` record yields ``(index, status)``.
     A run of :data:`UNCHANGED_MARK` bytes (before a record, or at the end)
     yields its length, an ``int``.
-    Name-only records (:data:`NAME_ONLY`) of one directory come together as one
-    :class:`Names`, once a record of another directory (or the end) shows that
-    directory is done: ``find`` lists a directory's entries together.
 
     The loop is written out (no per-record helper calls): a walk of a big spool
     is 200k records, and GNU find's ``%T@`` (ten fraction digits) takes the
@@ -301,8 +305,6 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
     """
     rest = b""
     fields: list[bytes] = []
-    names: list[bytes] = []
-    names_dir = b""
     kinds = _KINDS
     new = tuple.__new__  # = Entry(...) without the Python-level __new__ call
     for chunk in chunks:
@@ -314,17 +316,6 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
             kind = fields[i]
             path = fields[i + 6]
             path = path[2:] if path.startswith(b"./") else b"" if path == b"." else path
-            if kind == NAME_ONLY:
-                parent = path.rpartition(b"/")[0]
-                if parent != names_dir and names:
-                    yield Names(names_dir, names)
-                    names = []
-                names_dir = parent
-                names.append(path)
-                continue
-            if names and (kind == SECTION_END or path.rpartition(b"/")[0] != names_dir):
-                yield Names(names_dir, names)
-                names = []
             if kind == SECTION_END and sections:
                 yield int(fields[i + 2]), int(fields[i + 1])
                 continue
@@ -352,8 +343,64 @@ def parse_records(chunks: Iterable[bytes], sections: bool = False) -> Iterator[A
         rest = b""
     if rest or fields:
         raise ValueError("listing ended in the middle of a record")
+
+
+def _entry(kind: bytes, mode: bytes, size: bytes, inode: bytes, mtime: bytes, link: bytes, path: bytes) -> Entry:
+    k = _KINDS.get(kind, "o")
+    return Entry(strip_dot(path), k, int(size), parse_time_ns(mtime), int(mode, 8) & 0o7777, int(inode),
+                 link if k == "l" else None)
+
+
+def parse_named(chunks: Iterable[bytes]) -> Iterator[Entry | Names]:
+    """Turn a listing by name (:data:`NAMED_FORMAT`) into Entries and one :class:`Names` per directory.
+
+    ``find`` lists a directory itself (depth 0) and then its entries, so the
+    names after a directory's own record are its names, up to the next
+    directory's: they are sliced off the split stream whole and yielded as
+    one :class:`Names` when the next directory starts (or at the end), after
+    that directory's other entries. A listed directory that is no longer one
+    (a file or symlink now) lists nothing: its own record or name is dropped.
+    """
+    rest = b""
+    fields: list[bytes] = []
+    current: bytes | None = None  # the directory whose names come now
+    names: list[bytes] = []
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\0")
+        rest = parts.pop()
+        fields.extend(parts)
+        i, n = 0, len(fields)
+        while i < n:
+            if fields[i]:  # names, up to the next record
+                try:
+                    j = fields.index(b"", i)
+                except ValueError:
+                    j = n
+                run = fields[i:j]
+                while run and run[-1][:1] == b"0":  # a listed directory that is a plain file now
+                    run.pop()
+                if run:
+                    if current is None or run[0][:1] != b"1":
+                        raise ValueError(f"listing: a name out of place near {run[0][:200]!r}")
+                    names.extend(run)
+                i = j
+                continue
+            if i + 8 > n:  # a record not complete yet
+                break
+            depth_kind, mode, size, inode, mtime, link, path = fields[i + 1:i + 8]
+            i += 8
+            if depth_kind[:1] == b"0":  # a listed directory: its entries follow
+                if names:
+                    yield Names(current or b"", [name[1:] for name in names])
+                    names = []
+                current = strip_dot(path) if depth_kind == b"0d" else None
+            else:
+                yield _entry(depth_kind[1:], mode, size, inode, mtime, link, path)
+        del fields[:i]
+    if rest or fields:
+        raise ValueError("listing ended in the middle of a record")
     if names:
-        yield Names(names_dir, names)
+        yield Names(current or b"", [name[1:] for name in names])
 
 
 def parse_sha256_line(line: bytes) -> tuple[bytes, str]:

@@ -68,8 +68,8 @@ class Names:
     """
 
     dir: bytes
-    #: Paths relative to the root (``dir/name``), in listing order.
-    paths: list[bytes]
+    #: Base names (no ``/``), in listing order: whole runs of a listing, with no path built per name.
+    names: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)

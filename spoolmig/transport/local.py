@@ -220,7 +220,7 @@ class LocalSource:
                     names = []
                     for name, plain in listed:
                         if plain and not stat_match(name):  # type: ignore[misc]
-                            names.append(join(rel, name))
+                            names.append(name)
                             continue
                         entry = self._entry(fd, name, join(rel, name))
                         if entry is not None:

@@ -1019,10 +1019,11 @@ class SshSource:
             yield from self._sftp.list_dirs(root, dirs)
             return
         globs = None if stat_globs is None else tuple(stat_globs)
+        parser = _remote.parse_records if globs is None else _remote.parse_named
 
         def parse(conn: _Conn, chan: paramiko.Channel, batch: list[bytes]) -> Iterator[tuple[int, Entry | Names]]:
             index = {d: i for i, d in enumerate(batch)}
-            for value in self._stream(chan, f"listing in {root}"):
+            for value in self._stream(chan, f"listing in {root}", parser):
                 parent = value.dir if isinstance(value, Names) else value.path.rpartition(b"/")[0]
                 if parent in index:
                     yield index[parent], value
@@ -1032,11 +1033,12 @@ class SshSource:
             self._start(functools.partial(_remote.list_command, stat_globs=globs), root),
             parse, key=lambda v: b"\0" + v.dir if isinstance(v, Names) else v.path)  # NUL: never in a path
 
-    def _stream(self, chan: paramiko.Channel, what: str) -> Iterator[Entry | Names]:
+    def _stream(self, chan: paramiko.Channel, what: str,
+                parser: Callable[[Iterable[bytes]], Iterator[Any]] = _remote.parse_records) -> Iterator[Any]:
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
         try:
-            yield from _remote.parse_records(iter(lambda: recv(1 << 18), b""))
+            yield from parser(iter(lambda: recv(1 << 18), b""))
         except ValueError as error:
             raise _Lost(str(error)) from None
         finally:
