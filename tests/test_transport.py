@@ -433,3 +433,26 @@ def test_relative_paths_are_checked(src: tuple[Source, str]) -> None:
     for bad in (b"../x", b"/etc/passwd", b"a/./b", b"a//b"):
         with pytest.raises(ValueError):
             list(source.stat(root, [bad]))
+
+
+_NOTE = b"find: '/var/spool/imap/./user/b/bob/%d.': No such file or directory\n"
+
+
+@given(notes_before=hst.integers(0, 3000), error_at=hst.one_of(hst.none(), hst.integers(0, 3000)),
+       chunk=hst.integers(1, 70000))
+def test_stderr_kept_past_its_limit_still_says_exactly_whether_a_real_error_came(
+        notes_before: int, error_at: int | None, chunk: int) -> None:
+    """Thousands of vanished-path notes are no error wherever the stream is cut; an error among them is kept."""
+    lines = [_NOTE % i for i in range(notes_before)]
+    if error_at is not None:
+        lines.insert(min(error_at, len(lines)), b"find: '/var/spool/imap/./user': Permission denied\n")
+    stream = b"".join(lines)
+    errbuf = bytearray()
+    for at in range(0, len(stream), chunk):
+        _remote.add_stderr(errbuf, stream[at:at + chunk])
+        assert len(errbuf) <= _remote.STDERR_KEEP + chunk
+    fatal = _remote.fatal_stderr(bytes(errbuf))
+    if error_at is None:
+        assert fatal is None
+    else:
+        assert fatal == "find: '/var/spool/imap/./user': Permission denied"

@@ -573,3 +573,20 @@ def test_a_channel_closing_during_a_key_exchange_does_not_hang_the_connection(up
         assert transport.is_active() and source.reconnects == 0
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_thousands_of_vanished_paths_are_answered_vanished_not_an_error(
+        up: Sshd, tmp_path: Path, prepared: bool) -> None:
+    """find notes each vanished path on stderr (here ~200 KB of it, past what is kept): still no error."""
+    root = tmp_path / "p"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "cyrus.index").write_bytes(b"x")
+    gone = [b"d/%s-%04d.seen" % (b"gone" * 20, i) for i in range(1500)]
+    paths = [b"", b"d", b"d/cyrus.index", *gone]
+    with _source(up) as source:
+        if prepared:
+            source.prepare_walks([KnownPaths(str(root), lambda: iter(paths))])
+        got = list(source.stat(str(root), paths))
+    assert [g.path for g in got[:3]] == [b"", b"d", b"d/cyrus.index"]
+    assert got[3:] == gone

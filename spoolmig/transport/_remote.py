@@ -417,6 +417,28 @@ def parse_sha256_line(line: bytes) -> tuple[bytes, str]:
     return strip_dot(name), digest.decode("ascii")
 
 
+#: About how much of a command's stderr is kept to be judged (:func:`add_stderr`).
+STDERR_KEEP = 1 << 16
+
+
+def add_stderr(errbuf: bytearray, data: bytes) -> None:
+    """Append stderr ``data`` to ``errbuf``, holding it near :data:`STDERR_KEEP` bytes and every line that matters.
+
+    A pass that finds thousands of vanished paths reads a note of ~100 bytes
+    for each. Past the limit, complete benign lines are dropped (what
+    :func:`fatal_stderr` passes over anyway): a cut through a note would leave
+    a fragment that reads as an error, and a real error after the limit would
+    go unseen. The line still arriving is kept, to be judged once complete.
+    """
+    errbuf.extend(data)
+    if len(errbuf) <= STDERR_KEEP:
+        return
+    end = errbuf.rfind(b"\n") + 1
+    errbuf[:end] = b"".join(line for line in bytes(errbuf[:end]).splitlines(keepends=True)
+                            if line.strip() and not _BENIGN.search(line.strip()))
+    del errbuf[STDERR_KEEP:]  # (only errors are left before the last line: the first ones stay)
+
+
 def fatal_stderr(stderr: bytes) -> str | None:
     """The first stderr line that is not a benign "vanished/changed" note, if any."""
     for line in stderr.splitlines():

@@ -652,9 +652,7 @@ class SshSource:
             try:
                 data = chan.recv(n)
                 while chan.recv_stderr_ready():
-                    err = chan.recv_stderr(65536)
-                    if len(errbuf) < 65536:
-                        errbuf.extend(err)
+                    _remote.add_stderr(errbuf, chan.recv_stderr(65536))
             except socket.timeout:
                 raise _Lost(f"no data from the source for {self.io_timeout:.0f}s") from None
             except (paramiko.SSHException, EOFError, OSError) as error:
@@ -674,7 +672,7 @@ class SshSource:
             chan.status_event.wait(0.2)
         try:
             while chan.recv_stderr_ready():
-                errbuf.extend(chan.recv_stderr(65536))
+                _remote.add_stderr(errbuf, chan.recv_stderr(65536))
         except (socket.timeout, OSError, EOFError):
             pass
         status = chan.exit_status
