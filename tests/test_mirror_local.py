@@ -70,13 +70,22 @@ def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None: 
     report = run_pass(cfg, lambda: rec)
     assert rec.fetched == [] and rec.listed == []
     assert report.figures["files_new"] == report.figures["files_changed"] == report.figures["files_deleted"] == 0
-    # partitions are not walked: what the state knows as directories and cyrus.* files is stat'ed, by path
+    # no tree is walked: what the state knows as directories and metadata files (cyrus.*, and every
+    # file of the configdirectory and sievedir) is stat'ed, by path
+    assert rec.walks == []
+    roots = _roots(cfg)
+    stated = set(rec.stated)
+    assert stated == {(roots[t], p) for t, p in _known(cfg)}
     partitions = set(cfg.source.layout.partitions.values())
-    assert not [root for root, _ in rec.walks if root in partitions]
-    stated = {(root, p) for root, p in rec.stated}
-    assert stated == {(cfg.source.layout.partitions[t.removeprefix("partition-")], p)
-                      for t, p in _known(cfg) if t.startswith("partition-")}
-    assert not [p for _, p in stated if p.endswith(b".")]  # no message file
+    assert not [p for root, p in stated if root in partitions and p.endswith(b".")]  # no message file
+    assert {root for root, _ in stated} == set(roots.values())
+
+
+def _roots(cfg) -> dict[str, str]:  # noqa: ANN001
+    """Source root of every tree, by tree name."""
+    layout = cfg.source.layout
+    return {"config": layout.configdirectory, "sieve": layout.sievedir,
+            **{f"partition-{name}": root for name, root in layout.partitions.items()}}
 
 
 def _known(cfg) -> set[tuple[str, bytes]]:  # noqa: ANN001
@@ -87,7 +96,7 @@ def _known(cfg) -> set[tuple[str, bytes]]:  # noqa: ANN001
 
 def _message_stats(cfg, rec: Recording, known: set[tuple[str, bytes]]) -> set[bytes]:  # noqa: ANN001
     """The paths ``rec`` stat'ed besides the known directories and metadata files (``known``)."""
-    trees = {root: f"partition-{name}" for name, root in cfg.source.layout.partitions.items()}
+    trees = {root: tree for tree, root in _roots(cfg).items()}
     return {p for root, p in rec.stated if (trees.get(root), p) not in known}
 
 
@@ -113,6 +122,50 @@ def _rel(server, cfg, path: Path) -> bytes:  # noqa: ANN001
 def _listed_dirs(server, rec: Recording) -> set[bytes]:  # noqa: ANN001
     """The directories ``rec`` listed, as absolute source paths."""
     return {os.fsencode(os.path.join(server.root, root.lstrip("/"))) + b"/" + d for root, d in rec.listed}
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_configdirectory_and_sievedir_converge_incrementally(setup) -> None:  # noqa: ANN001
+    """Their files change in place: each is stat'ed by path, and only directories whose mtime moved are listed."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    conf = server.path(server.configdirectory)
+    sieve = server.path(server.sievedir)
+    time.sleep(0.01)
+    seen = sorted(conf.glob("user/*/*.seen"))[0]
+    _rewrite_in_place(seen)  # a seen database committed
+    _rewrite_in_place(conf / "mailboxes.db")
+    (seen.parent / "newuser.sub").write_bytes(b"user.newuser\t\n")
+    (conf / "user" / "z").mkdir()
+    (conf / "user" / "z" / "zed.seen").write_bytes(b"seen database placeholder zed")
+    quota = sorted(conf.glob("quota/*/user.*"))[0]
+    quota.unlink()
+    (conf / "tls_sessions.db").write_bytes(b"a cache, never migrated")
+    (conf / "proc" / "5678").write_bytes(b"lmtpd\n")  # runtime: never entered
+    script = sorted(sieve.glob("*/*/default.script"))[0]
+    _rewrite_in_place(script)
+    link = script.parent / "defaultbc"
+    link.unlink()
+    (script.parent / "vacation.bc").write_bytes(b"CyrSBytecode\0\0\0\x06")
+    os.symlink("vacation.bc", link)
+    rec, report = _recorded_pass(cfg)
+    assert rec.walks == []
+    listed = {server.path(os.path.join(root, os.fsdecode(d))) for root, d in rec.listed}
+    assert listed == {conf, seen.parent, conf / "user", conf / "user" / "z", quota.parent, script.parent}
+    fetched = {server.path(os.path.join(root, os.fsdecode(p))) for root, p in rec.fetched}
+    assert {seen, conf / "mailboxes.db", script, seen.parent / "newuser.sub", conf / "user" / "z" / "zed.seen",
+            script.parent / "vacation.bc"} <= fetched
+    assert not [p for p in fetched if p.name in ("tls_sessions.db", "5678")]
+    assert report.figures["files_deleted"] == 1
+    _converged(server, cfg)
+
+
+def _rewrite_in_place(path: Path) -> None:
+    """Change a file's bytes in place, keeping its size and inode (a database commit): its mtime moves."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    with open(path, "r+b") as f:
+        f.write(data)
 
 
 @pytest.mark.usefixtures("no_freshness")

@@ -95,6 +95,10 @@ def test_mirror_over_ssh_file_for_file_and_incremental(setup) -> None:  # noqa: 
     server.delete_mailbox(leaves[0])
     server.rename_mailbox(leaves[2], "user.renamed")
     server.create_mailbox("user.newcomer")
+    conf = server.path(server.configdirectory)  # the configdirectory is incremental too
+    (conf / "user" / "n").mkdir(exist_ok=True)
+    (conf / "user" / "n" / "newcomer.seen").write_bytes(b"seen database placeholder newcomer")
+    sorted(conf.glob("quota/*/user.*"))[0].unlink()
     rec = Recording(open_source(cfg.source))
     report = run_pass(cfg, lambda: rec)
     assert report.exit_code() == 0, report.warnings
@@ -292,7 +296,8 @@ def test_an_incremental_pass_hears_only_of_what_changed_since_the_last_clean_one
     # "since" a second after the listing began (it is two minutes before): the tree, just made, counts as unchanged
     monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
     assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
-    assert set(_listed_clocks(cfg)) == {f"listed:partition-{p}" for p in server.partitions}  # the others: walked
+    trees = {"config", "sieve", *(f"partition-{p}" for p in server.partitions)}
+    assert set(_listed_clocks(cfg)) == {f"listed:{t}" for t in trees}  # every tree is incremental
     _wait_past_since(cfg)
     index, rel = _index_of(server)
     _flip_last_byte(index)

@@ -104,13 +104,23 @@ class Tree:
 
     name: str
     root: str  # absolute path on the source server
-    #: Incremental passes may use the cheap listing (dirs + META_GLOBS files).
+    #: Incremental passes stat only what the state knows (directories and metadata files) and list
+    #: only the directories whose mtime moved; otherwise every pass walks the whole tree.
     cheap: bool
     prune: tuple[bytes, ...] = ()
     include: re.Pattern[bytes] | None = None
     exclude: re.Pattern[bytes] | None = None
     #: Every file here is metadata (re-copied unconditionally by --final).
     all_meta: bool = False
+
+    @property
+    def stat_globs(self) -> tuple[bytes, ...] | None:
+        """Base names of the files a pass stats every time: the rest (message files) never change.
+
+        None: every file may change in place (configdirectory, sievedir), so a
+        listing of this tree stats them all.
+        """
+        return None if self.all_meta else META_GLOBS
 
     def accepts(self, path: bytes) -> bool:
         """Is this (already validated) entry part of the tree?"""
@@ -150,12 +160,14 @@ def trees_from_config(cfg: Config) -> list[Tree]:
     for name, root in roots:
         nested = tuple(rel for other_name, other in roots if other_name != name
                        for rel in [_inside(other, root)] if rel is not None)
+        # Every tree is incremental: the configdirectory's and sievedir's files change in place, so
+        # all of them are metadata (all_meta), stat'ed by path every pass like a partition's cyrus.*.
         if name == "config":
-            trees.append(Tree(name, root, cheap=False, prune=CONFIG_RUNTIME_DIRS + nested,
+            trees.append(Tree(name, root, cheap=True, prune=CONFIG_RUNTIME_DIRS + nested,
                               include=_glob_regex(tuple(include)), exclude=_glob_regex(exclude),
                               all_meta=True))
         elif name == "sieve":
-            trees.append(Tree(name, root, cheap=False, prune=nested,
+            trees.append(Tree(name, root, cheap=True, prune=nested,
                               exclude=_glob_regex(ALWAYS_EXCLUDE), all_meta=True))
         else:
             trees.append(Tree(name, root, cheap=True, prune=PARTITION_SKIP_DIRS + nested,

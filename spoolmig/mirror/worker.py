@@ -45,7 +45,6 @@ from spoolmig.mirror.trees import (
     CLS_DIR,
     CLS_META,
     CLS_PLAIN,
-    META_GLOBS,
     META_RE,
     SUSPECT_PATH,
     Tree,
@@ -219,7 +218,7 @@ class TreeWorker:
                      tree.exclude.pattern if tree.exclude is not None else None))
 
     def _full_cover(self, prior: int) -> bool:
-        """Is the tree walked in full (first pass, config and sieve, --full, --final)?"""
+        """Is the tree walked in full (first pass, --full, --final)?"""
         return self.full or self.final or not self.tree.cheap or prior == 0
 
     def scan(self, source: Source, progress: Progress | None = None) -> None:
@@ -482,7 +481,7 @@ class TreeWorker:
                 break
             last = batch[-1]
             blocks: list[Names] = []
-            listing = source.list_dirs(self.tree.root, batch, stat_globs=META_GLOBS)
+            listing = source.list_dirs(self.tree.root, batch, stat_globs=self.tree.stat_globs)
             self._load(_set_aside(listing, blocks), keep_dirs=True)
             if blocks:
                 self._compare_names(source, blocks)
@@ -1128,7 +1127,8 @@ class ListingDigest:
 
     def wants(self, e: Entry) -> bool:
         """Would the cheap listing of this tree show ``e``?"""
-        return not self.tree.cheap or e.kind == "d" or META_RE.match(e.path.rpartition(b"/")[2]) is not None
+        return (not _digest_globs(self.tree) or e.kind == "d"
+                or META_RE.match(e.path.rpartition(b"/")[2]) is not None)
 
     def add(self, e: Entry) -> None:
         h = hashlib.sha256(b"%s\0%s\0%d\0%d\0%d\0%s" % (e.path, e.kind.encode(), e.size, e.mtime_ns, e.inode,
@@ -1142,7 +1142,12 @@ class ListingDigest:
 
 def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
     """``(root, only_dirs_and, prune)`` of the walk :func:`source_digest` makes."""
-    return tree.root, tuple(META_GLOBS) if tree.cheap else (), tuple(tree.prune)
+    return tree.root, _digest_globs(tree), tuple(tree.prune)
+
+
+def _digest_globs(tree: Tree) -> tuple[bytes, ...]:
+    """``only_dirs_and`` of the digest's walk: () walks everything (a tree whose every file is metadata)."""
+    return tuple(tree.stat_globs or ()) if tree.cheap else ()
 
 
 def _clock(source: Source, root: str) -> int | None:
@@ -1174,8 +1179,7 @@ def source_digest(source: Source, tree: Tree, files: dict[bytes, tuple[int, int]
     (the cheap listing's files are the ``cyrus.*`` ones; few).
     """
     digest = ListingDigest(tree)
-    entries = (source.walk(tree.root, only_dirs_and=META_GLOBS, prune=tree.prune) if tree.cheap
-               else source.walk(tree.root, prune=tree.prune))
+    entries = source.walk(tree.root, only_dirs_and=_digest_globs(tree), prune=tree.prune)
     for e in entries:
         digest.add(e)
         if files is not None and e.kind == "f":

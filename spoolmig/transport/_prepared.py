@@ -1,10 +1,10 @@
 """The stat section of the SSH source's one listing command: known paths answered ahead, tree after tree.
 
-An incremental pass stats, by path, the directories and ``cyrus.*`` files
+An incremental pass stats, by path, the directories and metadata files
 the state knows (:class:`~spoolmig.transport.base.KnownPaths`). Over SSH
-those paths, for every partition, go on the stdin of the command that also
-walks the configdirectory and sievedir (:meth:`SshSource.prepare_walks`),
-as absolute arguments (:func:`._remote.stat_arg`); this module builds that
+those paths, for every tree, go on the stdin of the one listing command
+(:meth:`SshSource.prepare_walks`), which also walks any tree listed in
+full, as absolute arguments (:func:`._remote.stat_arg`); this module builds that
 stdin and hands each tree its answers. No paramiko here: the command's
 output comes as a section of :class:`Combined`.
 """
