@@ -25,6 +25,8 @@ from spoolmig.errors import LockedError, SourceNotQuiet
 from spoolmig.mirror.engine import Options, run_pass
 from spoolmig.mirror.lock import MirrorLock
 from spoolmig.mirror.status import compute_churn, compute_forecast, read_status
+from spoolmig.mirror.trees import trees_from_config
+from spoolmig.mirror.worker import TreeWorker
 from spoolmig.transport.base import Fetched
 from spoolmig.transport.local import LocalSource
 
@@ -60,6 +62,36 @@ def test_final_states_what_it_verified(setup) -> None:  # noqa: ANN001
     assert report.figures["files_recopied"] > 0
     assert_mirrors(server.root, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+def test_final_reads_the_replica_while_the_source_lists_it_the_last_time(
+        setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The closing listing is started, the replica read for the verified statement, and only then the listing."""
+    server, cfg = setup
+    run_pass(cfg, local_factory(cfg))
+    events: list[str] = []
+
+    class Ordered(Wrapper):
+        def prepare_walks(self, walks: Any) -> None:
+            events.append("start listing")
+
+        def walk(self, root: str, **kw: Any) -> Any:
+            events.append("read listing")
+            return self.inner.walk(root, **kw)
+
+    load_disk = TreeWorker._load_disk
+
+    def recorded(self: TreeWorker) -> None:
+        events.append("read replica")
+        load_disk(self)
+
+    monkeypatch.setattr(TreeWorker, "_load_disk", recorded)
+    server.deliver(2)
+    report = run_pass(cfg, lambda: Ordered(LocalSource(cfg.source.url.path)), FINAL)
+    assert report.statement is not None and report.statement.startswith("replica equals source")
+    trees = len(trees_from_config(cfg))
+    closing = len(events) - 1 - events[::-1].index("start listing")
+    assert events[closing:] == ["start listing"] + ["read replica"] * trees + ["read listing"] * trees
 
 
 def test_final_refuses_while_cyrus_runs(setup) -> None:  # noqa: ANN001

@@ -313,6 +313,8 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
         # and the sizes and mtimes the copied metadata files are re-checked against.
         with pool.take() as source:
             prepare_walks(source, [digest_spec(w.tree) for w in workers])
+            for w in workers:  # local work while the source lists (its output waits in the channel's window)
+                w.read_replica()
             after = []
             for w in workers:
                 listed: dict[bytes, tuple[int, int]] = {}

@@ -162,6 +162,7 @@ class TreeWorker:
         self.full_cover = False
         self.skipped = False
         self._reconciled = False
+        self._replica_read = False
         #: --final: the engine re-checks the metadata files from its closing listing (no stat command per tree).
         self.recheck_from_listing = False
         #: Directories whose entries this pass wrote or removed (their local mtime moved).
@@ -1075,16 +1076,30 @@ class TreeWorker:
 
     # ---------------------------------------------------------------- verify
 
+    def read_replica(self) -> None:
+        """--final, once every tree is copied: the replica as it is on disk now, for :meth:`verify`.
+
+        Local work: the engine does it while the source's closing listing runs
+        (nothing writes the replica any more, only the state's marks change).
+        """
+        if self.skipped or self._replica_read:
+            return
+        assert self.replica is not None
+        t0 = time.monotonic()
+        self.conn.execute("DELETE FROM disk")
+        self._load_disk()
+        self._replica_read = True
+        self.report.add(verify_seconds=time.monotonic() - t0)
+
     def verify(self) -> tuple[int, int]:
-        """--final: compare the replica on disk with this pass's listing; return (files, bytes)."""
+        """--final: compare the replica on disk (:meth:`read_replica`) with this pass's listing; return (files, bytes)."""
         assert self.replica is not None
         conn, name, report = self.conn, self.tree.name, self.report
         if self.skipped:
             report.differ(f"{name}: not compared (source directory missing)")
             return 0, 0
+        self.read_replica()
         t0 = time.monotonic()
-        conn.execute("DELETE FROM disk")
-        self._load_disk()
         for (path,) in conn.execute(
                 "SELECT s.path FROM seen s WHERE NOT EXISTS (SELECT 1 FROM disk d WHERE d.path = s.path"
                 " AND d.kind = s.kind) ORDER BY s.path"):
