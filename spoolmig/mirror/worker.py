@@ -1139,11 +1139,12 @@ class ListingDigest:
 
     def __init__(self, tree: Tree) -> None:
         self.tree, self.total, self.count = tree, 0, 0
+        #: The cheap listing of this tree is all of it (decided once: :meth:`wants` runs per entry).
+        self._whole = not _digest_globs(tree)
 
     def wants(self, e: Entry) -> bool:
         """Would the cheap listing of this tree show ``e``?"""
-        return (not _digest_globs(self.tree) or e.kind == "d"
-                or META_RE.match(e.path.rpartition(b"/")[2]) is not None)
+        return self._whole or e.kind == "d" or META_RE.match(e.path.rpartition(b"/")[2]) is not None
 
     def add(self, e: Entry) -> None:
         h = hashlib.sha256(b"%s\0%s\0%d\0%d\0%d\0%s" % (e.path, e.kind.encode(), e.size, e.mtime_ns, e.inode,

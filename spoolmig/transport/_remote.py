@@ -106,7 +106,7 @@ SECTION_END = b"="
 #: every other entry as an empty field (a name never is one) and a :data:`FIND_FORMAT` record whose
 #: type has the depth before it: ``0d`` for each listed directory itself, which starts its entries.
 NAMED_FORMAT = r"%d%f\0"
-NAMED_RECORD = r"\0%d%y\0%m\0%s\0%i\0%T@\0%l\0%p\0"
+NAMED_RECORD = r"\0%d" + FIND_FORMAT
 
 
 #: Index of the pseudo section-end record that carries the source's clock (see :func:`sections_command`).
@@ -434,15 +434,19 @@ def add_stderr(errbuf: bytearray, data: bytes) -> None:
     if len(errbuf) <= STDERR_KEEP:
         return
     end = errbuf.rfind(b"\n") + 1
-    errbuf[:end] = b"".join(line for line in bytes(errbuf[:end]).splitlines(keepends=True)
-                            if line.strip() and not _BENIGN.search(line.strip()))
+    errbuf[:end] = b"".join(line for line in bytes(errbuf[:end]).splitlines(keepends=True) if _notable(line))
     del errbuf[STDERR_KEEP:]  # (only errors are left before the last line: the first ones stay)
+
+
+def _notable(line: bytes) -> bool:
+    """Is this stderr line more than a benign "vanished/changed" note (and not blank)?"""
+    line = line.strip()
+    return bool(line) and not _BENIGN.search(line)
 
 
 def fatal_stderr(stderr: bytes) -> str | None:
     """The first stderr line that is not a benign "vanished/changed" note, if any."""
     for line in stderr.splitlines():
-        line = line.strip()
-        if line and not _BENIGN.search(line):
-            return line.decode("utf-8", "backslashreplace")
+        if _notable(line):
+            return line.strip().decode("utf-8", "backslashreplace")
     return None
