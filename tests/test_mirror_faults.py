@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import signal
 import subprocess
 import sys
@@ -310,3 +311,55 @@ def test_full_disk_is_a_mirror_error_and_recoverable(tmp_path: Path, monkeypatch
     assert_mirrors(server.root, cfg)
     assert temporaries(Path(cfg.mirror.path)) == []
     assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+#: `spoolmig mirror` killed while it replaces a ``cyrus.index``: the new file is linked under a
+#: temporary name and the kill comes before the rename over the old one.
+KILLED_REPLACING = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from spoolmig.fileio import TEMP_MARK
+
+    real_rename = os.rename
+    def rename(src, dst, *a, **k):
+        if os.fsencode(dst).endswith(b"/cyrus.index") and os.fsencode(TEMP_MARK) in os.fsencode(src):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rename(src, dst, *a, **k)
+    os.rename = rename
+
+    from spoolmig.cli import main
+    sys.exit(main(["mirror", "--config", sys.argv[1], "-q"]))
+""")
+
+
+def test_a_pass_killed_replacing_a_file_leaves_a_mark_the_next_pass_cleans_up(tmp_path: Path) -> None:
+    """The directory's row keeps its attributes; its mark alone sends the next pass looking for debris.
+
+    The source's directory did not change (an index rewritten in place), so
+    nothing but the mark says that this pass wrote into it.
+    """
+    server = make_server(tmp_path / "old", users=3, messages=30)
+    cfg = load_config(tmp_path, server, tmp_path / "mirror")
+    assert run_pass(cfg, local_factory(cfg)).exit_code() == 0
+    mbox = next(iter(server.mailboxes.values()))
+    index = server.mailbox_dir(mbox) / "cyrus.index"
+    before = index.stat().st_mtime_ns
+    index.write_bytes(bytes([index.read_bytes()[0] ^ 0xFF]) + index.read_bytes()[1:])
+    os.utime(index, ns=(before + 1, before + 1))  # same size, the mtime moved by a nanosecond
+    os.utime(index.parent, ns=(index.parent.stat().st_atime_ns, index.parent.stat().st_mtime_ns))
+    code = subprocess.run([sys.executable, "-c", KILLED_REPLACING.format(repo=str(REPO)), cfg.file],
+                          capture_output=True, timeout=120).returncode
+    assert code == -signal.SIGKILL
+    mirror = Path(cfg.mirror.path)
+    left = temporaries(mirror)
+    assert len(left) == 1 and Path(left[0]).parent.name == index.parent.name, left
+    tree = Path(left[0]).relative_to(mirror).parts[0]
+    rel = os.fsencode(Path(left[0]).parent.relative_to(mirror / tree))
+    with sqlite3.connect(mirror / ".spoolmig" / "state.sqlite") as conn:
+        assert conn.execute("SELECT tree, path FROM marks").fetchall() == [(tree, rel)]
+        assert conn.execute("SELECT stale FROM files WHERE tree = ? AND path = ?", (tree, rel)).fetchone() == (0,)
+    report = run_pass(cfg, local_factory(cfg))
+    assert report.exit_code() == 0, report.warnings
+    assert temporaries(mirror) == []
+    assert_mirrors(server.root, cfg)
+    assert_state_matches_disk(mirror)

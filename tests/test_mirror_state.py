@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as s
 
+from spoolmig.errors import MirrorError
 from spoolmig.mirror import state as st
 
 TABLE = "CREATE TABLE t(k BLOB PRIMARY KEY, a INTEGER, b TEXT, c INTEGER) WITHOUT ROWID"
@@ -90,3 +92,62 @@ def test_no_rows_is_no_statement() -> None:
     conn.set_trace_callback(statements.append)
     UPSERT.many(conn, [])
     assert statements == []
+
+
+def _state_with_a_mark(path: str) -> None:
+    """A state as a pass killed while writing leaves it: a directory row marked, not stale."""
+    conn = st.open_state(path)
+    conn.execute("INSERT INTO files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode)"
+                 " VALUES('t', x'61', x'', 'd', 2, 4096, 5, 493, 9), ('t', x'62', x'', 'd', 2, 4096, 5, 493, 10)")
+    conn.execute("INSERT INTO marks VALUES('t', x'61')")
+    conn.close()  # no close_state: a killed pass checkpoints nothing
+
+
+def _stale(path: str) -> list[tuple[bytes, int]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT path, stale FROM files ORDER BY path").fetchall()
+    finally:
+        conn.close()
+
+
+def test_opening_the_state_turns_a_dead_pass_s_marks_into_stale_rows(tmp_path) -> None:  # noqa: ANN001
+    path = str(tmp_path / st.STATE_FILE)
+    _state_with_a_mark(path)
+    assert _stale(path) == [(b"a", 0), (b"b", 0)]
+    conn = st.open_state(path)
+    assert conn.execute("SELECT count(*) FROM marks").fetchone() == (0,)
+    conn.close()
+    assert _stale(path) == [(b"a", 1), (b"b", 0)]
+
+
+def test_a_dry_run_s_copy_of_the_state_sees_the_marks_and_leaves_them(tmp_path) -> None:  # noqa: ANN001
+    mirror = tmp_path / "mirror"
+    (mirror / st.STATE_DIR).mkdir(parents=True)
+    path = st.state_path(str(mirror))
+    _state_with_a_mark(path)
+    with st.scratch_copy(str(mirror)) as conn:
+        assert conn.execute("SELECT path, stale FROM files ORDER BY path").fetchall() == [(b"a", 1), (b"b", 0)]
+    assert _stale(path) == [(b"a", 0), (b"b", 0)]  # the real state is only read
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM marks").fetchone() == (1,)
+    conn.close()
+
+
+def test_a_state_of_schema_1_is_upgraded_and_a_newer_one_refused(tmp_path) -> None:  # noqa: ANN001
+    path = str(tmp_path / st.STATE_FILE)
+    st.open_state(path).close()
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE marks; UPDATE meta SET value = '1' WHERE key = 'schema';")
+    conn.close()
+    conn = st.open_state(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(st.SCHEMA_VERSION),)
+    assert conn.execute("SELECT count(*) FROM marks").fetchone() == (0,)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    conn.execute("DROP TABLE marks")
+    conn.close()
+    with pytest.raises(MirrorError, match=r"state\.sqlite: state schema 99, this spoolmig reads 2"):
+        st.open_state(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'marks'").fetchone() is None  # untouched
+    conn.close()

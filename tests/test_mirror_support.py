@@ -125,8 +125,10 @@ def assert_state_matches_disk(mirror: Path) -> None:
     try:
         rows = conn.execute("SELECT tree, path, kind, size, mtime_ns, mode, link, stale FROM files").fetchall()
         totals = conn.execute("SELECT files, bytes FROM totals").fetchone()
+        marks = conn.execute("SELECT tree, path FROM marks").fetchall()
     finally:
         conn.close()
+    assert marks == [], f"directories left marked by a pass that ended: {marks[:5]}"
     recorded = [r[3] for r in rows if r[2] == "f" and r[3] >= 0]
     assert totals == (len(recorded), sum(recorded)), "the totals triggers lost count"
     known = set()

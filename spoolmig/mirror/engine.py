@@ -334,8 +334,9 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
 def recover_interrupted(conn, replica: Replica, trees: list[Tree]) -> None:  # noqa: ANN001
     """Clean up after a pass killed while writing.
 
-    A pass marks every directory stale before it writes into it and clears the
-    mark after the writes are synced and recorded. So after a crash the stale
+    A pass marks every directory before it writes into it and clears the
+    mark after the writes are synced and recorded; opening the state made the
+    marks a crash left into stale rows (:func:`.state.open_state`). So the stale
     directories are the only places holding temporaries (removed here) or files
     the state does not record (given an untrusted placeholder row here, so the
     pass compares them with the source: fetched again, or deleted if gone).

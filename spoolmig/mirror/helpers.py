@@ -11,10 +11,10 @@ up the others. A helper opens its own source connection and writes with its
 own :class:`~spoolmig.mirror.fetcher.Fetcher`; once a batch is synced it
 sends the batch's state rows back, and a thread of the parent records them.
 The parent stays the only writer of the state and marks the directories
-stale before any of their files is handed out.
+(``marks``) before any of their files is handed out.
 
 If the parent dies, the helpers see their pipe close and stop; what they
-wrote but the state does not record lies in stale directories, which the
+wrote but the state does not record lies in marked directories, which the
 next pass looks through (:func:`spoolmig.mirror.engine.recover_interrupted`).
 If a helper dies, the pass fails with a one-line error, the same way.
 """
@@ -170,7 +170,7 @@ class _Helper:
             pass  # it died: its end of from_child reports that
 
     def stop(self, *, now: bool) -> None:
-        """Wait for a finished helper; kill one still working (what it wrote lies in stale directories)."""
+        """Wait for a finished helper; kill one still working (what it wrote lies in marked directories)."""
         with contextlib.suppress(OSError):
             self.to_child.close()
         if not now:
@@ -186,7 +186,7 @@ class _Helper:
 class Dispenser:
     """Chunks of todo rows, handed to the in-process fetch and the helpers alike, whoever asks first.
 
-    ``chunks`` yields lists of rows whose directories are already marked stale
+    ``chunks`` yields lists of rows whose directories are already marked
     (it reads and writes the state, so it is only ever advanced under the lock).
     """
 

@@ -133,6 +133,8 @@ _RECORDED_NAMES = ("SELECT dir, CAST(group_concat(substr(path, length(dir) + 1 +
                    f" AND kind = 'f' AND cls = {CLS_PLAIN} AND stale = 0 GROUP BY dir")
 #: Is a directory, as listed in ``seen``, to be listed (new, changed, or not trusted)?
 _DIR_CHANGED = "(f.path IS NULL OR f.kind <> 'd' OR f.mtime_ns <> s.mtime_ns OR f.stale = 1)"
+#: A directory this pass writes into (:meth:`TreeWorker._mark_dirs`).
+_MARK = st.Insert("INSERT OR IGNORE INTO main.marks(tree, path)", "(?,?)")
 _MARK_STALE = st.Insert("INSERT INTO main.files(tree, path, dir, kind, cls, size, mtime_ns, mode, inode, link, stale)",
                         "(?,?,?,?,?,-1,-1,-1,0,NULL,1)", "ON CONFLICT(tree, path) DO UPDATE SET stale = 1")
 #: A listed entry into ``seen``; a directory already seen keeps its row with ``_KEEP_SEEN``.
@@ -796,14 +798,14 @@ class TreeWorker:
                 kept += 1
         if dropped:
             # A path whose kind changed (a file where a directory was, or the reverse) is forgotten
-            # now, before its new kind is recorded; its directory, marked stale, covers a crash.
+            # now, before its new kind is recorded; its directory, marked, covers a crash.
             with st.write(conn):
                 self._mark_dirs({split(p) for _, p in dropped})
                 conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", other_kind)
             for _, path in dropped:
                 replica.remove(name, path)
             # The rest is forgotten by the state with the next batch that is synced anyway (one sync
-            # less per pass); until then their directories are marked stale.
+            # less per pass); until then their directories are marked.
             self._unsynced_drops.extend(later)
         if kept:
             self.report.add(files_kept=kept)
@@ -826,12 +828,13 @@ class TreeWorker:
                     self.touched.add(parent)
 
     def _mark_dirs(self, dirs: set[bytes | None]) -> None:
-        """Directories about to change locally: their recorded attributes are no longer true.
+        """Directories about to change locally: marked in ``marks`` (see :mod:`.state`), their rows untouched.
 
-        Called inside a write transaction; :meth:`_finish_dirs` clears the mark.
+        Called inside a write transaction; :meth:`_finish_dirs` takes the marks
+        away once everything written into them is recorded. A pass that dies
+        first leaves them, and the next one distrusts those directories.
         """
-        self.conn.executemany("UPDATE main.files SET stale = 1 WHERE tree = ? AND path = ? AND stale = 0",
-                              [(self.tree.name, d) for d in dirs if d is not None])
+        _MARK.many(self.conn, sorted((self.tree.name, d) for d in dirs if d is not None))
 
     def _plan_hard_links(self) -> None:
         """Message files the source hard-links (Cyrus's singleinstancestore) are linked, not fetched again.
@@ -894,7 +897,7 @@ class TreeWorker:
         The entries are handed to the source lazily, a chunk at a time, so the
         transport can pipeline (start the next tar batch while this one is
         read). Before the source sees a chunk, the directories it will write
-        into are marked stale in the state: after a crash the next pass looks in
+        into are marked in the state: after a crash the next pass looks in
         exactly those directories for temporaries and for files the state does
         not record (see :func:`spoolmig.mirror.engine.recover_interrupted`). A
         file replaced but not yet recorded still has its old row, which differs
@@ -1070,9 +1073,12 @@ class TreeWorker:
         records = [(name, p, d, "d", CLS_DIR, s, -1 if fresh is not None and m >= fresh else m, mode, ino,
                     None, 0)
                    for p, d, s, m, mode, ino in rows if p in changed]
-        for i in range(0, len(records), CHUNK):
+        chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
             with st.write(conn):
-                _UPSERT.many(conn, records[i:i + CHUNK])
+                _UPSERT.many(conn, chunk)
+                if i == len(chunks) - 1:  # every directory written into is as recorded now
+                    conn.execute("DELETE FROM main.marks WHERE tree = ?", (name,))
 
     # ---------------------------------------------------------------- verify
 
