@@ -196,6 +196,27 @@ class SyntheticServer:
             return b"".join(k + b"\t" + v + b"\n" for k, v in records)
         return cyrusdb.build("skiplist", records)
 
+    def add_config_users(self, count: int) -> list[Path]:
+        """Seen, subscription and quota files of ``count`` more users, whose mailboxes are left out.
+
+        The configdirectory of a big server (the files a migration copies
+        that change in place) on a spool kept small: every pass stats them.
+        """
+        conf = self.path(self.configdirectory)
+        made = []
+        for i in range(count):
+            owner = f"{chr(ord('a') + i % 26)}user{i:06d}"  # spread over the hash directories
+            h = hash_char(owner)
+            for sub, name, data in (("user", f"{owner}.seen", b"seen database placeholder"),
+                                    ("user", f"{owner}.sub", f"user.{owner}\t\n".encode()),
+                                    ("quota", f"user.{owner}", b"0\n100000\n")):
+                directory = conf / sub / h
+                directory.mkdir(parents=True, exist_ok=True)
+                path = directory / name
+                path.write_bytes(data)
+                made.append(path)
+        return made
+
     # -- live-server activity ---------------------------------------------------
     def deliver(self, count: int) -> list[Path]:
         """``count`` new messages into random mailboxes (index rewritten, dir mtime moves)."""

@@ -11,7 +11,12 @@ their own destination, through the same sshd, with their default ciphers:
    (same size, same second: the rsync trap);
 4. the final pass after another small change set: ``spoolmig mirror
    --final`` against ``rsync -a --delete --checksum`` (the rsync pass that gives
-   the same guarantee).
+   the same guarantee);
+5. with a big server's configdirectory: seen, subscription and quota files
+   of 20,000 more users (``--config-users``; their mailboxes left out) added
+   and copied, then a pass with no change (median of 3) and a pass after
+   0.1 % new messages again. Those files change in place, so every pass of
+   either tool stats each of them.
 
 Beside the first copy, the same copies each followed by a ``sync``: spoolmig's
 pass ends with its files on disk, rsync's leaves gigabytes to the kernel's
@@ -276,6 +281,9 @@ def main() -> None:
     parser.add_argument("--mailboxes", type=int, default=2_000)
     parser.add_argument("--workdir", default=os.environ.get("SPOOLMIG_BENCH_DIR", "/tmp/spoolmig-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--config-users", type=int, default=20_000, metavar="N",
+                        help="after the final pass, add seen, subscription and quota files of N more users "
+                             "to the configdirectory (a big server's) and measure again (0: skip)")
     parser.add_argument("--account", choices=("root", "stock"), default="stock",
                         help=f"ssh login of both tools: stock = system user {BENCH_USER} with a stock "
                              "Debian home (default); root = root with this machine's ~/.bashrc")
@@ -390,8 +398,32 @@ def main() -> None:
         server.expunge(max(1, new // 20))
         server.flag_change(max(1, new // 4))
         measure("final pass (--checksum)", rsync("--checksum"), spoolmig("--final"))
+        if args.config_users:
+            # A big server's configdirectory (seen, subscription and quota files change in place,
+            # so every pass stats each one), aged like the spool before spoolmig copies it.
+            conf = server.path(server.configdirectory)
+            server.add_config_users(args.config_users)
+            give(tree(conf), owner)
+            made_config = time.monotonic()
+            copy_rsync = rsync()
+            aged = made_config + AGE_S - time.monotonic()
+            if aged > 0:
+                print(f"waiting {aged:.0f} s: the new configdirectory files {AGE_S} s old before spoolmig copies them",
+                      flush=True)
+                time.sleep(aged)
+            measure(f"copy of {3 * args.config_users} config files", copy_rsync, spoolmig())
+            runs_r = [rsync() for _ in range(3)]
+            runs_s = [spoolmig() for _ in range(3)]
+            measure("big config, no change (m/3)",
+                    (statistics.median(r[0] for r in runs_r), max(r[1] for r in runs_r)),
+                    (statistics.median(r[0] for r in runs_s), max(r[1] for r in runs_s)))
+            give(server.deliver(new), owner)
+            server.expunge(max(1, new // 10))
+            server.flag_change(max(1, new // 4))
+            measure(f"big config, +{new} msgs", rsync(), spoolmig())
 
-    print(json.dumps({"messages": args.messages, "mailboxes": len(server.mailboxes), "files": files,
+    print(json.dumps({"messages": args.messages, "config_users": args.config_users,
+                      "mailboxes": len(server.mailboxes), "files": files,
                       "bytes": size, "cpus": os.cpu_count(), "account": args.account, "ssh_user": login,
                       "ssh_true_s": ssh_true, "destinations": dests.mode, "page_cache": caches,
                       **({"destinations_fallback": dests.fallback_reason} if dests.fallback_reason else {}),
