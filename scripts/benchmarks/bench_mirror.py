@@ -365,6 +365,24 @@ def main() -> None:
             os.sync()
             return time.perf_counter() - t
 
+        def aged(since: float, what: str) -> None:
+            """Wait until changes made at ``since`` (monotonic) are AGE_S old (see the module's docstring)."""
+            left = since + AGE_S - time.monotonic()
+            if left > 0:
+                print(f"waiting {left:.0f} s: {what} {AGE_S} s old before spoolmig's pass", flush=True)
+                time.sleep(left)
+
+        def no_change(label: str) -> None:
+            runs_r = [rsync() for _ in range(3)]
+            runs_s = [spoolmig() for _ in range(3)]
+            measure(label, (statistics.median(r[0] for r in runs_r), max(r[1] for r in runs_r)),
+                    (statistics.median(r[0] for r in runs_s), max(r[1] for r in runs_s)))
+
+        def live_changes(delivered: int, expunged: int, flagged: int) -> None:
+            give(server.deliver(max(1, delivered)), owner)
+            server.expunge(max(1, expunged))
+            server.flag_change(max(1, flagged))
+
         dests.fresh("rsync")
         rsync_dest.mkdir()
         caches = level_caches(src)
@@ -372,10 +390,7 @@ def main() -> None:
         first_rsync = rsync()
         rsync_sync = then_sync()
         dests.fresh("spoolmig")
-        aged = made + AGE_S - time.monotonic()
-        if aged > 0:
-            print(f"waiting {aged:.0f} s: the spool {AGE_S} s old before spoolmig's first copy", flush=True)
-            time.sleep(aged)
+        aged(made, "the spool")
         level_caches(src)
         first_spoolmig = spoolmig()
         spoolmig_sync = then_sync()
@@ -384,19 +399,11 @@ def main() -> None:
         # kernel's writeback. Shown beside the ratio above, not instead of it: the copies as durable.
         measure("first copy, then sync", (first_rsync[0] + rsync_sync, first_rsync[1]),
                 (first_spoolmig[0] + spoolmig_sync, first_spoolmig[1]))
-        runs_r = [rsync() for _ in range(3)]
-        runs_s = [spoolmig() for _ in range(3)]
-        measure("no-change pass (median/3)",
-                (statistics.median(r[0] for r in runs_r), max(r[1] for r in runs_r)),
-                (statistics.median(r[0] for r in runs_s), max(r[1] for r in runs_s)))
+        no_change("no-change pass (median/3)")
         new = max(1, args.messages // 1000)
-        give(server.deliver(new), owner)
-        server.expunge(max(1, new // 10))
-        server.flag_change(max(1, new // 4))
+        live_changes(new, new // 10, new // 4)
         measure(f"after +{new} msgs, expunges", rsync(), spoolmig())
-        give(server.deliver(max(1, new // 2)), owner)
-        server.expunge(max(1, new // 20))
-        server.flag_change(max(1, new // 4))
+        live_changes(new // 2, new // 20, new // 4)
         measure("final pass (--checksum)", rsync("--checksum"), spoolmig("--final"))
         if args.config_users:
             # A big server's configdirectory (seen, subscription and quota files change in place,
@@ -406,20 +413,10 @@ def main() -> None:
             give(tree(conf), owner)
             made_config = time.monotonic()
             copy_rsync = rsync()
-            aged = made_config + AGE_S - time.monotonic()
-            if aged > 0:
-                print(f"waiting {aged:.0f} s: the new configdirectory files {AGE_S} s old before spoolmig copies them",
-                      flush=True)
-                time.sleep(aged)
+            aged(made_config, "the new configdirectory files")
             measure(f"copy of {3 * args.config_users} config files", copy_rsync, spoolmig())
-            runs_r = [rsync() for _ in range(3)]
-            runs_s = [spoolmig() for _ in range(3)]
-            measure("big config, no change (m/3)",
-                    (statistics.median(r[0] for r in runs_r), max(r[1] for r in runs_r)),
-                    (statistics.median(r[0] for r in runs_s), max(r[1] for r in runs_s)))
-            give(server.deliver(new), owner)
-            server.expunge(max(1, new // 10))
-            server.flag_change(max(1, new // 4))
+            no_change("big config, no change (m/3)")
+            live_changes(new, new // 10, new // 4)
             measure(f"big config, +{new} msgs", rsync(), spoolmig())
 
     print(json.dumps({"messages": args.messages, "config_users": args.config_users,

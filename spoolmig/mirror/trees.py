@@ -100,13 +100,15 @@ def split(path: bytes) -> bytes | None:
 
 @dataclass(frozen=True)
 class Tree:
-    """One source directory mirrored to ``<mirror.path>/<name>/``."""
+    """One source directory mirrored to ``<mirror.path>/<name>/``.
+
+    After its first pass, an incremental pass stats only what the state knows
+    of it (directories and metadata files) and lists only the directories
+    whose mtime moved.
+    """
 
     name: str
     root: str  # absolute path on the source server
-    #: Incremental passes stat only what the state knows (directories and metadata files) and list
-    #: only the directories whose mtime moved; otherwise every pass walks the whole tree.
-    cheap: bool
     prune: tuple[bytes, ...] = ()
     include: re.Pattern[bytes] | None = None
     exclude: re.Pattern[bytes] | None = None
@@ -163,13 +165,13 @@ def trees_from_config(cfg: Config) -> list[Tree]:
         # Every tree is incremental: the configdirectory's and sievedir's files change in place, so
         # all of them are metadata (all_meta), stat'ed by path every pass like a partition's cyrus.*.
         if name == "config":
-            trees.append(Tree(name, root, cheap=True, prune=CONFIG_RUNTIME_DIRS + nested,
+            trees.append(Tree(name, root, prune=CONFIG_RUNTIME_DIRS + nested,
                               include=_glob_regex(tuple(include)), exclude=_glob_regex(exclude),
                               all_meta=True))
         elif name == "sieve":
-            trees.append(Tree(name, root, cheap=True, prune=nested,
+            trees.append(Tree(name, root, prune=nested,
                               exclude=_glob_regex(ALWAYS_EXCLUDE), all_meta=True))
         else:
-            trees.append(Tree(name, root, cheap=True, prune=PARTITION_SKIP_DIRS + nested,
+            trees.append(Tree(name, root, prune=PARTITION_SKIP_DIRS + nested,
                               exclude=_glob_regex(ALWAYS_EXCLUDE)))
     return trees

@@ -188,8 +188,8 @@ class TreeWorker:
         self._since_clock: int | None = None
         self._errors_at_scan = 0
         # The pass's tables in memory (a no-change pass spends a tenth of its time writing them to a
-        # temp file), except for a partition walked in full: 200k rows that would count against memory.
-        in_memory = not (tree.cheap and self._full_cover(self._prior()))
+        # temp file), except for a tree walked in full: 200k rows that would count against memory.
+        in_memory = not self._full_cover(self._prior())
         conn.execute(f"PRAGMA temp_store = {'MEMORY' if in_memory else 'FILE'}")  # before the tables: it drops them
         conn.executescript(_TEMP_TABLES)
 
@@ -222,7 +222,7 @@ class TreeWorker:
 
     def _full_cover(self, prior: int) -> bool:
         """Is the tree walked in full (first pass, --full, --final)?"""
-        return self.full or self.final or not self.tree.cheap or prior == 0
+        return self.full or self.final or prior == 0
 
     def scan(self, source: Source, progress: Progress | None = None) -> None:
         """List the source, compare with the state, fill ``todo`` and ``dels``."""
@@ -732,12 +732,11 @@ class TreeWorker:
                 self.replica.sync()
             self._synced([], [], 0)
         self._finish_dirs()
-        if self.tree.cheap:
-            # A clean pass (no error since the scan began, in any tree): the next may hear only of
-            # what changed since its listing. After errors, it hears of everything again: a file
-            # that failed to copy must be retried even if it does not change.
-            clean = self.report.figures["errors"] == self._errors_at_scan
-            st.set_listed_clock(self.conn, self.tree.name, self._identity(), self._listed_at if clean else None)
+        # A clean pass (no error since the scan began, in any tree): the next may hear only of
+        # what changed since its listing. After errors, it hears of everything again: a file
+        # that failed to copy must be retried even if it does not change.
+        clean = self.report.figures["errors"] == self._errors_at_scan
+        st.set_listed_clock(self.conn, self.tree.name, self._identity(), self._listed_at if clean else None)
 
     def _delete(self) -> None:
         """Delete what is gone from the source, except what a new path may still be linked from.
@@ -1073,12 +1072,11 @@ class TreeWorker:
         records = [(name, p, d, "d", CLS_DIR, s, -1 if fresh is not None and m >= fresh else m, mode, ino,
                     None, 0)
                    for p, d, s, m, mode, ino in rows if p in changed]
-        chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)] or [[]]
-        for i, chunk in enumerate(chunks):
+        for i in range(0, len(records), CHUNK):
             with st.write(conn):
-                _UPSERT.many(conn, chunk)
-                if i == len(chunks) - 1:  # every directory written into is as recorded now
-                    conn.execute("DELETE FROM main.marks WHERE tree = ?", (name,))
+                _UPSERT.many(conn, records[i:i + CHUNK])
+        with st.write(conn):  # every directory written into is as recorded now
+            conn.execute("DELETE FROM main.marks WHERE tree = ?", (name,))
 
     # ---------------------------------------------------------------- verify
 
@@ -1169,7 +1167,7 @@ def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
 
 def _digest_globs(tree: Tree) -> tuple[bytes, ...]:
     """``only_dirs_and`` of the digest's walk: () walks everything (a tree whose every file is metadata)."""
-    return tuple(tree.stat_globs or ()) if tree.cheap else ()
+    return tuple(tree.stat_globs or ())
 
 
 def _clock(source: Source, root: str) -> int | None:
