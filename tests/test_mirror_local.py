@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -18,8 +19,10 @@ from test_mirror_support import (
     make_server,
     no_freshness,  # noqa: F401 - fixture
     temporaries,
+    wait_past_since,
 )
 
+from spoolmig.mirror import worker as worker_mod
 from spoolmig.mirror.engine import Options, run_pass
 from spoolmig.mirror.replica import Replica
 from spoolmig.transport.local import LocalSource
@@ -70,15 +73,17 @@ def test_second_pass_without_change_fetches_and_relists_nothing(setup) -> None: 
     report = run_pass(cfg, lambda: rec)
     assert rec.fetched == [] and rec.listed == []
     assert report.figures["files_new"] == report.figures["files_changed"] == report.figures["files_deleted"] == 0
-    # no tree is walked: what the state knows as directories and metadata files (cyrus.*, and every
-    # file of the configdirectory and sievedir) is stat'ed, by path
-    assert rec.walks == []
+    # no partition is walked: what the state knows as its directories and cyrus.* files is stat'ed, by
+    # path; the configdirectory and sievedir (every file a metadata file) are walked for what changed since
     roots = _roots(cfg)
+    assert sorted((root, cheap) for root, cheap, _ in rec.walks) == sorted(
+        [(roots["config"], False), (roots["sieve"], False)])
+    assert all(since is not None for _, _, since in rec.walks)
     stated = set(rec.stated)
-    assert stated == {(roots[t], p) for t, p in _known(cfg)}
+    assert stated == {(roots[t], p) for t, p in _known(cfg) if t.startswith("partition-")}
     partitions = set(cfg.source.layout.partitions.values())
     assert not [p for root, p in stated if root in partitions and p.endswith(b".")]  # no message file
-    assert {root for root, _ in stated} == set(roots.values())
+    assert {root for root, _ in stated} == partitions
 
 
 def _roots(cfg) -> dict[str, str]:  # noqa: ANN001
@@ -126,7 +131,7 @@ def _listed_dirs(server, rec: Recording) -> set[bytes]:  # noqa: ANN001
 
 @pytest.mark.usefixtures("no_freshness")
 def test_configdirectory_and_sievedir_converge_incrementally(setup) -> None:  # noqa: ANN001
-    """Their files change in place: each is stat'ed by path, and only directories whose mtime moved are listed."""
+    """Their files change in place: each tree is walked for what changed, and only directories whose mtime moved are listed."""
     server, cfg = setup
     run_pass(cfg, local_factory(cfg))
     conf = server.path(server.configdirectory)
@@ -149,7 +154,10 @@ def test_configdirectory_and_sievedir_converge_incrementally(setup) -> None:  # 
     (script.parent / "vacation.bc").write_bytes(b"CyrSBytecode\0\0\0\x06")
     os.symlink("vacation.bc", link)
     rec, report = _recorded_pass(cfg)
-    assert rec.walks == []
+    roots = _roots(cfg)
+    assert {(root, since is not None) for root, _, since in rec.walks} == {(roots["config"], True),
+                                                                           (roots["sieve"], True)}
+    assert not [p for root, p in rec.stated if root in (roots["config"], roots["sieve"])]
     listed = {server.path(os.path.join(root, os.fsdecode(d))) for root, d in rec.listed}
     assert listed == {conf, seen.parent, conf / "user", conf / "user" / "z", quota.parent, script.parent}
     fetched = {server.path(os.path.join(root, os.fsdecode(p))) for root, p in rec.fetched}
@@ -157,6 +165,73 @@ def test_configdirectory_and_sievedir_converge_incrementally(setup) -> None:  # 
             script.parent / "vacation.bc"} <= fetched
     assert not [p for p in fetched if p.name in ("tls_sessions.db", "5678")]
     assert report.figures["files_deleted"] == 1
+    _converged(server, cfg)
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_a_tree_of_metadata_files_is_walked_for_what_changed_since_the_last_clean_pass(
+        setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The configdirectory's walk shows every directory and only the files whose inode changed since.
+
+    Whatever else happened to it converges: a file deleted, a directory gone
+    with what it held, a file swapped for a directory and one for a symlink,
+    a file replaced by a rename, a new directory.
+    """
+    server, cfg = setup
+    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)  # "since": just after the listing
+    assert run_pass(cfg, local_factory(cfg)).exit_code() == 0
+    wait_past_since(cfg)
+    conf = server.path(server.configdirectory)
+    seen = sorted(conf.glob("user/*/*.seen"))
+    _rewrite_in_place(seen[0])
+    replaced = seen[0].with_suffix(".sub")
+    replaced.with_name("tmp").write_bytes(b"user.x\t\n")
+    os.rename(replaced.with_name("tmp"), replaced)  # as cyrus_copyfile/rename writes it
+    quotas = sorted(conf.glob("quota/*/user.*"))
+    quotas[0].unlink()
+    quotas[1].unlink()
+    quotas[1].mkdir()  # a file, now a directory holding one
+    (quotas[1] / "inner").write_bytes(b"0\n")
+    quotas[2].unlink()
+    os.symlink("elsewhere", quotas[2])
+    gone_dir = seen[-1].parent
+    assert gone_dir != seen[0].parent
+    shutil.rmtree(gone_dir)
+    (conf / "user" / "q").mkdir()
+    (conf / "user" / "q" / "new.seen").write_bytes(b"seen")
+    rec, report = _recorded_pass(cfg)
+    root = _roots(cfg)["config"]
+    assert [(r, since is not None) for r, _, since in rec.walks if r == root] == [(root, True)]
+    walked = {os.fsdecode(p): kind for r, p, kind in rec.walked if r == root}
+    on_source = {os.path.relpath(d, conf) if d != str(conf) else "" for d, _, _ in os.walk(conf)}
+    on_source = {d for d in on_source if d.split("/")[0] not in ("db", "socket", "proc", "log", "stage.", "sieve")}
+    assert {p for p, kind in walked.items() if kind == "d"} == on_source  # every directory
+    changed = {seen[0], replaced, quotas[2], quotas[1] / "inner", conf / "user" / "q" / "new.seen"}
+    assert {p for p, kind in walked.items() if kind != "d"} == {str(p.relative_to(conf)) for p in changed}
+    assert report.figures["files_deleted"] >= 3  # two quota files, the user directory's files
+    _converged(server, cfg)
+    assert not (Path(cfg.mirror.path) / "config" / gone_dir.relative_to(conf)).exists()
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_a_source_clock_behind_the_last_clean_pass_gets_the_configdirectory_walked_in_full(
+        setup, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    """"Changed since" means nothing if the source's clock went back: the tree is walked again, whole."""
+    server, cfg = setup
+    assert run_pass(cfg, local_factory(cfg)).exit_code() == 0
+    with sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite") as conn:  # an hour from now
+        conn.execute("UPDATE meta SET value = CAST(CAST(substr(value, 1, instr(value, ' ') - 1) AS INTEGER)"
+                     " + 3600000000000 AS TEXT) || substr(value, instr(value, ' ')) WHERE key LIKE 'listed:%'")
+    conf = server.path(server.configdirectory)
+    seen = sorted(conf.glob("user/*/*.seen"))[0]
+    _rewrite_in_place(seen)  # a change "before" that pass: the walk since then leaves it out
+    with caplog.at_level(logging.WARNING, logger="spoolmig"):
+        rec, report = _recorded_pass(cfg)
+    root = _roots(cfg)["config"]
+    walks = [since for r, _, since in rec.walks if r == root]
+    assert len(walks) == 2 and walks[0] is not None and walks[1] is None
+    assert any("config: the source's clock is behind" in r.getMessage() for r in caplog.records)
+    assert report.figures["files_changed"] >= 1
     _converged(server, cfg)
 
 
@@ -464,7 +539,7 @@ def test_changed_tree_switches_to_one_walk(setup, monkeypatch: pytest.MonkeyPatc
     run_pass(cfg, lambda: rec)
     default = cfg.source.layout.partitions["default"]
     assert not [d for root, d in rec.listed if root == default]
-    assert (default, False) in rec.walks
+    assert (default, False, None) in rec.walks
     assert_mirrors(server.root, cfg)
 
 

@@ -18,9 +18,11 @@ from test_mirror_support import (
     Wrapper,
     assert_mirrors,
     assert_state_matches_disk,
+    listed_clocks,
     make_server,
     no_freshness,  # noqa: F401 - fixture
     temporaries,
+    wait_past_since,
 )
 
 from spoolmig import config
@@ -255,24 +257,12 @@ class Answers(Wrapper):
             yield answer
 
 
-def _listed_clocks(cfg: config.Config) -> dict[str, str]:
-    with sqlite3.connect(st.state_path(cfg.mirror.path)) as conn:
-        return dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'listed:%'").fetchall())
-
-
-def _wait_past_since(cfg: config.Config) -> None:
-    """With UNCHANGED_MARGIN_NS at -1 s: until a change has a ctime after the next pass's "since"."""
-    since = max(int(v.split(" ", 1)[0]) for v in _listed_clocks(cfg).values()) + 1_000_000_000
-    while time.time_ns() < since + 50_000_000:
-        time.sleep(0.05)
-
-
 def _clean_pass_then_wait_past_its_since(cfg: config.Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """A clean pass whose "since" is a second after its listing began, then until a change is after it."""
     # (the margin is two minutes before the listing: the tree, just made, would all count as changed)
     monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
     assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
-    _wait_past_since(cfg)
+    wait_past_since(cfg)
 
 
 def _index_of(server: Any) -> tuple[Path, bytes]:
@@ -297,8 +287,8 @@ def test_an_incremental_pass_hears_only_of_what_changed_since_the_last_clean_one
     monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
     assert run_pass(cfg, lambda: open_source(cfg.source)).exit_code() == 0
     trees = {"config", "sieve", *(f"partition-{p}" for p in server.partitions)}
-    assert set(_listed_clocks(cfg)) == {f"listed:{t}" for t in trees}  # every tree is incremental
-    _wait_past_since(cfg)
+    assert set(listed_clocks(cfg)) == {f"listed:{t}" for t in trees}  # every tree is incremental
+    wait_past_since(cfg)
     index, rel = _index_of(server)
     _flip_last_byte(index)
     (delivered,) = server.deliver(1)
@@ -360,13 +350,13 @@ def test_after_a_pass_with_errors_the_next_hears_of_everything(setup, monkeypatc
     _flip_last_byte(index)
     report = run_pass(cfg, lambda: Dropping(open_source(cfg.source), rel))
     assert report.figures["errors"] == 1 and report.exit_code() == 1
-    assert "listed:partition-default" not in _listed_clocks(cfg)
+    assert "listed:partition-default" not in listed_clocks(cfg)
     rec = Answers(open_source(cfg.source))
     report = run_pass(cfg, lambda: rec)
     assert report.exit_code() == 0, report.warnings
     assert rec.unchanged == 0 and rel in rec.full
     assert_mirrors(ROOT, cfg)
-    assert "listed:partition-default" in _listed_clocks(cfg)
+    assert "listed:partition-default" in listed_clocks(cfg)
 
 
 @pytest.mark.usefixtures("no_freshness")
@@ -394,6 +384,26 @@ def test_an_unchanged_answer_does_not_stand_for_a_stale_row(
     assert not any("clock" in r.getMessage() for r in caplog.records)
     assert_mirrors(ROOT, cfg)
     assert_state_matches_disk(Path(cfg.mirror.path))
+
+
+@pytest.mark.usefixtures("no_freshness")
+def test_the_configdirectory_is_walked_for_what_changed_within_the_one_listing_command(
+        setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Over SSH the dated walk of the configdirectory is a section of the pass's one listing command."""
+    server, cfg, _ = setup
+    _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
+    conf = server.path(server.configdirectory)
+    seen = sorted(conf.glob("user/*/*.seen"))[0]
+    seen.write_bytes(seen.read_bytes() + b"more")  # in place: its directory's mtime stays
+    rec = Recording(open_source(cfg.source))
+    report = run_pass(cfg, lambda: rec)
+    assert report.exit_code() == 0, report.warnings
+    walked = [(p, kind) for root, p, kind in rec.walked if root == str(conf)]
+    assert [p for p, kind in walked if kind != "d"] == [os.fsencode(seen.relative_to(conf))]
+    assert len(walked) > 3 and rec.listed == []
+    assert rec.inner.commands == 2  # the listing, then the tar of the one changed file
+    assert report.figures["files_changed"] == 1
+    assert_mirrors(ROOT, cfg)
 
 
 def _answers_of(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[str, Entry | bytes]]:

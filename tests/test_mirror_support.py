@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,11 +206,16 @@ class Recording(Wrapper):
         self.listed: list[tuple[str, bytes]] = []
         self.fetched: list[tuple[str, bytes]] = []
         self.stated: list[tuple[str, bytes]] = []
-        self.walks: list[tuple[str, bool]] = []
+        #: (root, a cheap walk?, since) of every walk.
+        self.walks: list[tuple[str, bool, int | None]] = []
+        #: What the walks yielded: (root, path, kind).
+        self.walked: list[tuple[str, bytes, str]] = []
 
     def walk(self, root: str, **kw: Any) -> Iterator[Entry]:
-        self.walks.append((root, bool(kw.get("only_dirs_and"))))
-        return self.inner.walk(root, **kw)
+        self.walks.append((root, bool(kw.get("only_dirs_and")), kw.get("since")))
+        for entry in self.inner.walk(root, **kw):
+            self.walked.append((root, entry.path, entry.kind))
+            yield entry
 
     def list_dirs(self, root: str, dirs: Iterable[bytes], **kw: Any) -> Iterator[Entry | Names]:
         dirs = list(dirs)
@@ -233,3 +239,16 @@ def no_freshness(monkeypatch: pytest.MonkeyPatch) -> None:
     from spoolmig.mirror import worker
 
     monkeypatch.setattr(worker.TreeWorker, "_freshness_limit", lambda self, clock_ns: None)
+
+
+def listed_clocks(cfg: config.Config) -> dict[str, str]:
+    """The state's "listed:<tree>" values: the clock of each tree's last clean listing, and what it is good for."""
+    with sqlite3.connect(Path(cfg.mirror.path) / ".spoolmig" / "state.sqlite") as conn:
+        return dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'listed:%'").fetchall())
+
+
+def wait_past_since(cfg: config.Config) -> None:
+    """With UNCHANGED_MARGIN_NS at -1 s: until a change has a ctime after the next pass's "since"."""
+    since = max(int(v.split(" ", 1)[0]) for v in listed_clocks(cfg).values()) + 1_000_000_000
+    while time.time_ns() < since + 50_000_000:
+        time.sleep(0.05)

@@ -161,6 +161,59 @@ def test_cheap_walk_yields_only_dirs_and_matching_files(src: tuple[Source, str],
     assert not any(p.endswith(b"/1.") for p in paths)
 
 
+@pytest.mark.parametrize("kind", ["local", "ssh", "sftp"])
+def test_walk_since_yields_every_directory_and_only_what_changed(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A dated walk leaves out the entries whose inode did not change since; an undated one leaves out nothing."""
+    import time
+
+    from spoolmig.transport.base import Walk
+
+    top = tmp_path / "old"
+    conf = top / "var" / "lib" / "imap"
+    for d in ("user/a", "user/b", "quota/a", "proc"):
+        (conf / d).mkdir(parents=True)
+    for f in ("mailboxes.db", "user/a/anna.seen", "user/b/bob.seen", "quota/a/user.anna", "proc/12"):
+        (conf / f).write_bytes(b"x")
+    os.symlink("anna.seen", conf / "user" / "a" / "old-link")
+    time.sleep(1.1)  # every ctime so far in an earlier second than "since"
+    since = time.time_ns()
+    time.sleep(0.05)
+    (conf / "user" / "a" / "anna.seen").write_bytes(b"changed")
+    (conf / "user" / "c").mkdir()
+    (conf / "user" / "c" / "carl.seen").write_bytes(b"new")
+    os.utime(conf / "quota" / "a" / "user.anna", ns=(0, 0))  # times set back: its ctime says it changed
+    if kind == "local":
+        source: Source = LocalSource(top)
+        root = "/var/lib/imap"
+    else:
+        server = request.getfixturevalue("sshd" if kind == "ssh" else "sftp_only_sshd")
+        server.start()
+        source = SshSource(server.host, server.port, server.user, known_hosts=str(server.known_hosts),
+                           identity_file=str(server.identity_file))
+        root = str(conf)
+    dirs = {b"", b"user", b"user/a", b"user/b", b"user/c", b"quota", b"quota/a"}
+    changed = {b"user/a/anna.seen", b"user/c/carl.seen", b"quota/a/user.anna"}
+    everything = dirs | {b"mailboxes.db", b"user/a/old-link", b"user/b/bob.seen"} | changed
+    with source:
+        if hasattr(source, "prepare_walks"):
+            source.prepare_walks([Walk(root, (), (b"proc",), since)])
+        dated = {e.path: e for e in source.walk(root, prune=[b"proc"], since=since)}
+        clock = source.listing_clock(root)
+        undated = {e.path for e in source.walk(root, prune=[b"proc"], since=since)}  # not prepared
+        undated_clock = source.listing_clock(root)
+    if kind == "sftp":  # no ctime over SFTP, and no clock: everything, undated
+        assert set(dated) == everything and clock is None
+    else:
+        assert set(dated) == dirs | changed
+        assert dated[b"user/a/anna.seen"].size == len(b"changed")
+        assert clock is not None and clock >= since // 10**9 * 10**9
+    if kind == "local":  # this machine's clock dates every walk
+        assert undated == dirs | changed and undated_clock is not None
+    else:  # a walk the SSH source did not start ahead has no clock to date it: everything
+        assert undated == everything and undated_clock is None
+
+
 def test_walk_prune_and_missing_root(src: tuple[Source, str], tree: Tree) -> None:
     source, root = src
     paths = {e.path for e in source.walk(root, prune=[b"h/user", b"big"])}

@@ -71,9 +71,8 @@ def test_a_run_of_unchanged_answers_is_counted_before_the_full_one_that_follows(
         == [3, records[1], 2]  # a run last of all
 
 
-def test_a_find_without_newerct_gives_full_answers(tmp_path: Path) -> None:
-    """An old or BusyBox find refuses -newerct: the script falls back to plain answers, never to none."""
-    root, paths = _tree(tmp_path)
+def _no_newerct(tmp_path: Path) -> Path:
+    """A directory whose ``find`` refuses -newerct, as an old or BusyBox find does."""
     shim = tmp_path / "bin"
     shim.mkdir()
     real = subprocess.run(["/bin/sh", "-c", "command -v find"], capture_output=True, text=True, check=True).stdout.strip()
@@ -82,7 +81,26 @@ def test_a_find_without_newerct_gives_full_answers(tmp_path: Path) -> None:
         'for a in "$@"; do [ "$a" = -newerct ] && { echo "find: unknown predicate \'-newerct\'" >&2; exit 1; }; done\n'
         f'exec {real} "$@"\n')
     (shim / "find").chmod(0o755)
-    env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
+    return shim
+
+
+def test_a_find_without_newerct_gives_full_answers(tmp_path: Path) -> None:
+    """An old or BusyBox find refuses -newerct: the script falls back to plain answers, never to none."""
+    root, paths = _tree(tmp_path)
+    env = dict(os.environ, PATH=f"{_no_newerct(tmp_path)}:{os.environ['PATH']}")
     answers = _records(_remote.stat_stdin_script(int(time.time()) + 60), root, paths, env)
     assert [a.kind for a in answers] == ["d", "d", "f", "f"]
     assert answers == _records(_remote.stat_stdin_script(None), root, paths)
+
+
+def test_a_walk_since_with_a_find_without_newerct_lists_everything(tmp_path: Path) -> None:
+    """The walk's fallback, as the stat's: every entry, never only the directories (it would read as "unchanged")."""
+    root, _ = _tree(tmp_path)
+    since = int(time.time()) + 60  # nothing changed since: only the directories, where -newerct works
+    walk = ["/bin/sh", "-c", _remote.walk_script(root, (), (), since)]
+    brief = [e.path for e in _remote.parse_records([subprocess.run(walk, capture_output=True, check=True).stdout])]
+    assert sorted(brief) == [b"", b"a"]
+    env = dict(os.environ, PATH=f"{_no_newerct(tmp_path)}:{os.environ['PATH']}")
+    full = [e.path for e in _remote.parse_records([subprocess.run(walk, capture_output=True, env=env,
+                                                                  check=True).stdout])]
+    assert sorted(full) == [b"", b"a", b"a/cyrus.index", b"b"]

@@ -163,7 +163,7 @@ def trees_from_config(cfg: Config) -> list[Tree]:
         nested = tuple(rel for other_name, other in roots if other_name != name
                        for rel in [_inside(other, root)] if rel is not None)
         # Every tree is incremental: the configdirectory's and sievedir's files change in place, so
-        # all of them are metadata (all_meta), stat'ed by path every pass like a partition's cyrus.*.
+        # all of them are metadata (all_meta), walked every pass for what changed (TreeWorker._walk_changed).
         if name == "config":
             trees.append(Tree(name, root, prune=CONFIG_RUNTIME_DIRS + nested,
                               include=_glob_regex(tuple(include)), exclude=_glob_regex(exclude),

@@ -10,9 +10,13 @@ Listing (research/cyrus-formats.md §9: message files ``<uid>.`` are written
 once; a mailbox directory's mtime changes when a message is added or
 expunged; only ``cyrus.*`` files change in place):
 
-* full cover (first pass of a tree, config and sieve trees, ``--full``,
-  ``--final``): one walk of everything;
-* incremental: ``stat`` of every directory and ``cyrus.*`` file the state
+* full cover (first pass of a tree, ``--full``, ``--final``): one walk of
+  everything;
+* incremental, configdirectory and sievedir (every file changes in place):
+  one walk that shows every directory and only the files whose inode
+  changed since the last clean pass; then, as below, ``list_dirs`` of the
+  directories whose mtime changed (where files were deleted);
+* incremental, partition: ``stat`` of every directory and ``cyrus.*`` file the state
   records, by path (no directory of the source is read: a walk would read
   every message file's name to find them), compared with the state as the
   answers stream in; then ``list_dirs`` of the directories whose mtime
@@ -52,7 +56,7 @@ from spoolmig.mirror.trees import (
     split,
 )
 from spoolmig.progress import Progress
-from spoolmig.transport.base import Entry, KnownPaths, Names, Source
+from spoolmig.transport.base import Entry, KnownPaths, Names, Source, Walk
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +204,21 @@ class TreeWorker:
         return int(self.conn.execute("SELECT EXISTS(SELECT 1 FROM main.files WHERE tree = ?)",
                                      (self.tree.name,)).fetchone()[0])
 
-    def walk_spec(self) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]] | KnownPaths:
+    def walk_spec(self) -> Walk | KnownPaths:
         """The listing :meth:`scan` starts with, for a source to start ahead.
 
-        ``(root, only_dirs_and, prune)`` of a walk, or the :class:`KnownPaths`
-        of an incremental listing.
+        A :class:`Walk` for a tree walked in full, and for a tree whose every
+        file is metadata (:attr:`Tree.all_meta`: the configdirectory, the
+        sievedir), which is walked for what changed since the last clean
+        pass; the :class:`KnownPaths` of a partition's incremental listing.
         """
         tree = self.tree
         if self._full_cover(self._prior()):
-            return tree.root, (), tuple(tree.prune)
+            return Walk(tree.root, (), tuple(tree.prune))
         self._since_clock = None if self.checksum else st.listed_clock(self.conn, tree.name, self._identity())
         since = None if self._since_clock is None else self._since_clock - UNCHANGED_MARGIN_NS
+        if tree.all_meta:
+            return Walk(tree.root, (), tuple(tree.prune), since)
         return KnownPaths(tree.root, self._known_paths, since)
 
     def _identity(self) -> str:
@@ -239,6 +247,8 @@ class TreeWorker:
                 entries = self._digesting(entries, self.digest)
             self._load(entries)
             self._listed_at = _clock(source, tree.root)
+        elif tree.all_meta:
+            self._walk_changed(source)
         else:
             briefed, self._listed_at = self._stat_known(source)  # the clock: before the listings to come
             if briefed and (self._listed_at is None or self._since_clock is None
@@ -262,6 +272,37 @@ class TreeWorker:
         if self.checksum:
             self._compare_checksums(source)
         self._count()
+
+    def _walk_changed(self, source: Source) -> None:
+        """Incremental listing of a tree of metadata files: one walk for what changed since the last clean pass.
+
+        Every file of the configdirectory may change in place, so each one is
+        looked at every pass; a walk that prints every directory and only the
+        entries whose ctime is later than ``since`` (:meth:`Source.walk`)
+        costs the source one ``find`` and sends no path list (60,000 seen,
+        subscription and quota files on a big server). What was deleted is
+        found as on a partition: its directory's mtime moved, so it is listed
+        again (:meth:`_relist`); a directory not shown is gone with what it
+        held (:meth:`_diff`). A source that could not date the walk listed
+        everything: the tree is then covered in full.
+        """
+        tree, conn = self.tree, self.conn
+        spec = self.walk_spec()
+        assert isinstance(spec, Walk)
+        self._load(source.walk(tree.root, prune=tree.prune, since=spec.since))
+        self._listed_at = _clock(source, tree.root)
+        if spec.since is None or self._listed_at is None:
+            self.full_cover = True
+            return
+        assert self._since_clock is not None
+        if self._listed_at < self._since_clock:
+            log.warning("%s: the source's clock is behind its last clean pass; walking the whole tree", tree.name)
+            conn.execute("DELETE FROM seen")
+            self.full_cover = True
+            self._load(source.walk(tree.root, prune=tree.prune))
+            self._listed_at = _clock(source, tree.root)
+            return
+        self._relist(source)
 
     @staticmethod
     def _digesting(entries: Iterable[Entry], digest: ListingDigest) -> Iterator[Entry]:
@@ -1160,9 +1201,9 @@ class ListingDigest:
         return self.total, self.count
 
 
-def digest_spec(tree: Tree) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...]]:
-    """``(root, only_dirs_and, prune)`` of the walk :func:`source_digest` makes."""
-    return tree.root, _digest_globs(tree), tuple(tree.prune)
+def digest_spec(tree: Tree) -> Walk:
+    """The walk :func:`source_digest` makes."""
+    return Walk(tree.root, _digest_globs(tree), tuple(tree.prune))
 
 
 def _digest_globs(tree: Tree) -> tuple[bytes, ...]:
@@ -1185,7 +1226,7 @@ def _set_aside(listing: Iterable[Entry | Names], blocks: list[Names]) -> Iterato
             yield value
 
 
-def prepare_walks(source: Source, walks: list[tuple[str, tuple[bytes, ...], tuple[bytes, ...]]]) -> None:
+def prepare_walks(source: Source, walks: list[Walk | KnownPaths]) -> None:
     """Let a source start these walks together (an SSH source overlaps their start-up costs)."""
     prepare = getattr(source, "prepare_walks", None)
     if prepare is not None:

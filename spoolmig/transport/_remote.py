@@ -94,9 +94,10 @@ def _glob_escape(path: bytes) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
-def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:
+def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes],
+                 since_s: int | None = None) -> str:
     """One streamed ``find`` for a whole tree (see :func:`walk_script`)."""
-    return wrap(walk_script(root, only_dirs_and, prune))
+    return wrap(walk_script(root, only_dirs_and, prune, since_s))
 
 
 #: Type field of the record that ends one tree's section in :func:`sections_command`'s output.
@@ -166,11 +167,15 @@ def stat_arg(prefix: bytes, path: bytes) -> bytes:
     return prefix + path if path else prefix[:-1]
 
 
-def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:
+def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes],
+                since_s: int | None = None) -> str:
     """One streamed ``find`` for a whole tree; the cheap form stats only dirs and matches.
 
     GNU find takes the file type for ``-type d`` from ``d_type`` and needs no
     stat for ``-name``, so in the cheap form message files are never stat'ed.
+    With ``since_s`` (the source's clock, whole seconds) only directories and
+    entries whose ctime is later are printed, where the source's ``find``
+    knows ``-newerct``; elsewhere all of them (see :meth:`Source.walk`).
     """
     expr = []
     pruned = [p for p in prune]
@@ -184,12 +189,15 @@ def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes
             expr.append(f"\\( {alts} \\) -prune -o")
     fmt = shlex.quote(FIND_FORMAT)
     pats = [p for p in only_dirs_and]
-    if pats:
-        names = " -o ".join("-name " + shlex.quote(p.decode("utf-8", "surrogateescape")) for p in pats)
-        expr.append(f"-type d -printf {fmt} -o \\( {names} \\) -printf {fmt}")
-    else:
-        expr.append(f"-printf {fmt}")
-    return enter(root) + "exec find . " + " ".join(expr)
+    names = " -o ".join("-name " + shlex.quote(p.decode("utf-8", "surrogateescape")) for p in pats)
+    if pats or since_s is not None:
+        expr.append(f"-type d -printf {fmt} -o" + (f" \\( {names} \\)" if pats else ""))
+    full = "exec find . " + " ".join([*expr, f"-printf {fmt}"])
+    if since_s is None:
+        return enter(root) + full
+    since = int(since_s)
+    brief = "exec find . " + " ".join([*expr, f"-newerct @{since} -printf {fmt}"])
+    return enter(root) + f"if find / -maxdepth 0 -newerct @{since} -quit 2>/dev/null; then {brief}; else {full}; fi"
 
 
 def _xargs(inner: str) -> str:

@@ -95,6 +95,16 @@ class KnownPaths:
     since: int | None = None
 
 
+class Walk(NamedTuple):
+    """A :meth:`Source.walk` asked for ahead (the SSH source's ``prepare_walks``), as its arguments."""
+
+    root: str
+    only_dirs_and: tuple[bytes, ...] = ()
+    prune: tuple[bytes, ...] = ()
+    #: See :meth:`Source.walk`.
+    since: int | None = None
+
+
 @dataclass(slots=True)
 class Fetched:
     """One file's content as it streams in from :meth:`Source.fetch`.
@@ -117,7 +127,8 @@ class Source(Protocol):
         """Human-readable name for messages (``ssh://root@host:22``, ``/old``)."""
 
     def walk(
-        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = ()
+        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = (),
+        since: int | None = None,
     ) -> Iterator[Entry]:
         """Stream the whole tree below ``root`` (root itself first, as ``b""``).
 
@@ -128,6 +139,15 @@ class Source(Protocol):
         relative path is in ``prune`` are neither entered nor yielded.
         Symbolic links are reported, never followed. A missing ``root`` yields
         nothing.
+
+        With ``since`` (ns on the source's clock, as :class:`KnownPaths` has
+        it) a source may leave out every entry but a directory whose inode
+        has not changed since (ctime): a tree whose files all change in
+        place (the configdirectory) is then listed by what changed, with no
+        path list sent. Every directory still comes. A source leaves entries
+        out only when it then knows the walk's :meth:`listing_clock`, which
+        tells the caller whether ``since`` was good; one that cannot tell
+        (SFTP has no ctime) yields everything.
         """
 
     def listing_clock(self, root: str) -> int | None:

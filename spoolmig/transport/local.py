@@ -128,9 +128,12 @@ class LocalSource:
         """This machine's clock when the last walk or stat in ``root`` began (the source's files share it)."""
         return self._clocks.get(root)
 
-    def _entry(self, dirfd: int, name: bytes, path: bytes) -> Entry | None:
+    def _entry(self, dirfd: int, name: bytes, path: bytes, since: int | None = None) -> Entry | None:
+        """lstat as an Entry; None: vanished, or (with ``since``) its inode unchanged since then."""
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if since is not None and st.st_ctime_ns <= since:
+                return None
             link = os.readlink(name, dir_fd=dirfd) if stat_mod.S_ISLNK(st.st_mode) else None
         except OSError as error:
             if error.errno in _VANISHED:
@@ -139,9 +142,10 @@ class LocalSource:
         return entry_from_stat(path, st, link)
 
     def walk(
-        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = ()
+        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = (),
+        since: int | None = None,
     ) -> Iterator[Entry]:
-        """Depth-first, a directory before its contents (like ``find``)."""
+        """Depth-first, a directory before its contents (like ``find``); ``since`` as ``find -newerct``."""
         self._clocks[root] = time.time_ns()
         match = glob_matcher(only_dirs_and)
         pruned = {check_relpath(p) for p in prune}
@@ -153,11 +157,12 @@ class LocalSource:
                 return
             st = os.fstat(rootfd)
             yield entry_from_stat(b"", st)
-            yield from self._walk_dir(rootfd, b"", match, pruned)
+            yield from self._walk_dir(rootfd, b"", match, pruned, since)
         finally:
             os.close(rootfd)
 
-    def _walk_dir(self, dirfd: int, rel: bytes, match, pruned: set[bytes]) -> Iterator[Entry]:  # noqa: ANN001
+    def _walk_dir(self, dirfd: int, rel: bytes, match, pruned: set[bytes],  # noqa: ANN001
+                  since: int | None) -> Iterator[Entry]:
         try:
             it = os.scandir(dirfd)
         except OSError as error:
@@ -188,11 +193,11 @@ class LocalSource:
                             continue
                         raise self._error(path, error) from None
                     try:
-                        yield from self._walk_dir(sub, path, match, pruned)
+                        yield from self._walk_dir(sub, path, match, pruned, since)
                     finally:
                         os.close(sub)
                 elif match is None or match(name):
-                    entry = self._entry(dirfd, name, path)
+                    entry = self._entry(dirfd, name, path, since)
                     if entry is not None:
                         yield entry
 

@@ -65,7 +65,7 @@ from spoolmig.transport._common import BUFFER_LIMIT, MiB, buffered, show
 from spoolmig.transport._common import Lost as _Lost
 from spoolmig.transport._sftp import SftpReader
 from spoolmig.transport._tar import TarFormatError, TarStream
-from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names, changed_only
+from spoolmig.transport.base import Entry, Fetched, KnownPaths, Names, Walk, changed_only
 
 if TYPE_CHECKING:
     from spoolmig.config import SourceConfig
@@ -840,22 +840,26 @@ class SshSource:
     # -- listing ------------------------------------------------------------
 
     def walk(
-        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = ()
+        self, root: str, *, only_dirs_and: Iterable[bytes] = (), prune: Iterable[bytes] = (),
+        since: int | None = None,
     ) -> Iterator[Entry]:
-        """One streamed ``find`` (or an SFTP walk); resumable only until the first entry."""
+        """One streamed ``find``, or an SFTP walk; resumable only until the first entry.
+
+        Only a walk :meth:`prepare_walks` started leaves out what did not change
+        ``since``: its command dates it (:meth:`listing_clock`).
+        """
         root = check_root(root)
         self._clocks.pop(root, None)
-        pats = list(only_dirs_and)
-        pruned = [check_relpath(p) for p in prune]
+        key = _walk_key(Walk(root, tuple(only_dirs_and), tuple(prune), since))
         yielded = False
         attempts = 0
         while True:
             conn = self._live()
             try:
                 if conn.shell:
-                    it = self._walk_shell(conn, root, pats, pruned)
+                    it = self._walk_shell(conn, key)
                 else:
-                    it = self._sftp.walk(conn, root, glob_matcher(pats), set(pruned))
+                    it = self._sftp.walk(conn, root, glob_matcher(key[1]), set(key[2]))
                 for entry in it:
                     yielded = True
                     yield entry
@@ -867,10 +871,10 @@ class SshSource:
                                          hint="run the pass again; it resumes from what was copied") from None
                 self._reconnect(conn, str(error))
 
-    def prepare_walks(self, walks: Iterable[tuple[str, Iterable[bytes], Iterable[bytes]] | KnownPaths]) -> None:
+    def prepare_walks(self, walks: Iterable[Walk | KnownPaths]) -> None:
         """Start now, as one remote command, the listings that will be asked for, in this order.
 
-        A walk is ``(root, only_dirs_and, prune)`` as :meth:`walk` takes it; a
+        A :class:`Walk` is a :meth:`walk` to come, with its arguments; a
         :class:`KnownPaths` is a :meth:`stat` to come. Every remote command has
         a fixed start-up cost (login shell, rc files): one command for all
         trees pays it once, and it runs while the capability probe does. The
@@ -903,8 +907,7 @@ class SshSource:
                     continue  # after a walk: its own command, when asked for
                 known.append(KnownPaths(root, spec.paths, spec.since))
                 continue
-            root, pats, prune = spec
-            key = (check_root(root), tuple(pats), tuple(check_relpath(p) for p in prune))
+            key = _walk_key(Walk(*spec))
             if key not in self._prepared and key not in keys:
                 keys.append(key)
                 scripts.append(_remote.walk_script(*key))
@@ -992,12 +995,15 @@ class SshSource:
         """The source's ``date +%s`` before the last walk of ``root`` (prepared walks only; else None)."""
         return self._clocks.get(check_root(root))
 
-    def _walk_shell(self, conn: _Conn, root: str, pats: list[bytes], pruned: list[bytes]) -> Iterator[Entry]:
-        prepared = self._take_prepared(conn, (root, tuple(pats), tuple(pruned)))
+    def _walk_shell(self, conn: _Conn, key: tuple[str, tuple[bytes, ...], tuple[bytes, ...], int | None]
+                    ) -> Iterator[Entry]:
+        root = key[0]
+        prepared = self._take_prepared(conn, key)
         if prepared is not None:
             yield from prepared
             return
-        chan = self._open(conn, _remote.walk_command(root, pats, pruned), None)
+        # (with no clock to date it, a walk asked for now lists everything: see Source.walk)
+        chan = self._open(conn, _remote.walk_command(*key[:3]), None)
         errbuf = bytearray()
         recv = self._recv(chan, errbuf)
         try:
@@ -1356,6 +1362,12 @@ def _readdir(sftp: paramiko.SFTPClient, path: bytes) -> list[tuple[bytes, SFTPAt
     finally:
         sftp._request(CMD_CLOSE, handle)
     return out
+
+
+def _walk_key(walk: Walk) -> tuple[str, tuple[bytes, ...], tuple[bytes, ...], int | None]:
+    """A walk as :func:`._remote.walk_script` takes it (``since`` in the whole seconds ``find`` compares)."""
+    since = None if walk.since is None else walk.since // 1_000_000_000
+    return (check_root(walk.root), tuple(walk.only_dirs_and), tuple(check_relpath(p) for p in walk.prune), since)
 
 
 def _key(value: Any) -> bytes:
