@@ -406,6 +406,31 @@ def test_the_configdirectory_is_walked_for_what_changed_within_the_one_listing_c
     assert_mirrors(ROOT, cfg)
 
 
+@pytest.mark.usefixtures("no_freshness")
+def test_the_partitions_stats_come_before_the_configdirectory_walk(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The source walks a big configdirectory while this side works on the partitions' answers, not before."""
+    from spoolmig.transport import _remote
+
+    server, cfg, _ = setup
+    _clean_pass_then_wait_past_its_since(cfg, monkeypatch)
+    commands: list[list[str]] = []
+    real = _remote.sections_command
+
+    def recording(scripts: Any, probe: bool = False) -> str:
+        commands.append(list(scripts))
+        return real(commands[-1], probe)
+
+    monkeypatch.setattr(_remote, "sections_command", recording)
+    report = run_pass(cfg, lambda: open_source(cfg.source))
+    assert report.exit_code() == 0, report.warnings
+    (scripts,) = commands  # the one listing command
+    conf = str(server.path(server.configdirectory))
+    walk = next(i for i, s in enumerate(scripts) if conf in s and "-newerct" in s)
+    stat = next(i for i, s in enumerate(scripts) if "xargs" in s)
+    assert stat < walk
+    assert_mirrors(ROOT, cfg)
+
+
 def _answers_of(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[str, Entry | bytes]]:
     """Every answer the raw SSH source's ``stat_changed`` or ``_stat`` gives, with its tree's root (no wrapper)."""
     from spoolmig.transport.ssh import SshSource

@@ -152,10 +152,16 @@ def _inside(child: str, parent: str) -> bytes | None:
 
 
 def trees_from_config(cfg: Config) -> list[Tree]:
-    """The trees of a migration, config first; a tree inside another is pruned there."""
+    """The trees of a migration, partitions first; a tree inside another is pruned there.
+
+    A pass lists the trees in this order, all started ahead as one remote
+    command: the partitions' stats come first, so this side works on them
+    while the source walks the configdirectory (one stat per file on a big
+    server's, where a partition's incremental listing is cheap to answer).
+    """
     layout = cfg.source.layout
-    roots: list[tuple[str, str]] = [("config", layout.configdirectory), ("sieve", layout.sievedir)]
-    roots += [(f"partition-{name}", path) for name, path in sorted(layout.partitions.items())]
+    roots: list[tuple[str, str]] = [(f"partition-{name}", path) for name, path in sorted(layout.partitions.items())]
+    roots += [("config", layout.configdirectory), ("sieve", layout.sievedir)]
     exclude = ALWAYS_EXCLUDE + tuple(cfg.mirror.config_exclude)
     include = cfg.mirror.config_include if cfg.mirror.config_include is not None else DEFAULT_CONFIG_INCLUDE
     trees = []
