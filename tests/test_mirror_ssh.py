@@ -431,6 +431,35 @@ def test_the_partitions_stats_come_before_the_configdirectory_walk(setup, monkey
     assert_mirrors(ROOT, cfg)
 
 
+@pytest.mark.usefixtures("no_freshness")
+def test_a_parallel_pass_also_hears_only_of_what_changed(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """With --jobs, each tree's listing is started on its own connection, dated: the next pass is as brief."""
+    server, cfg, _ = setup
+    parallel = Options(jobs=2)
+    monkeypatch.setattr(worker_mod, "UNCHANGED_MARGIN_NS", -1_000_000_000)
+    assert run_pass(cfg, lambda: open_source(cfg.source), parallel).exit_code() == 0
+    trees = {"config", "sieve", *(f"partition-{p}" for p in server.partitions)}
+    assert set(listed_clocks(cfg)) == {f"listed:{t}" for t in trees}
+    wait_past_since(cfg)
+    index, rel = _index_of(server)
+    _flip_last_byte(index)
+    conf = server.path(server.configdirectory)
+    recs: list[Answers] = []
+
+    def recorded() -> Any:
+        recs.append(Answers(Recording(open_source(cfg.source))))
+        return recs[-1]
+
+    report = run_pass(cfg, recorded, parallel)
+    assert report.exit_code() == 0, report.warnings
+    assert len(recs) == 2
+    assert sum(r.unchanged for r in recs) > 20 and rel in {p for r in recs for p in r.full}
+    walked = [p for r in recs for root, p, kind in r.inner.walked if root == str(conf) and kind != "d"]
+    assert walked == []  # the configdirectory's dated walk: nothing changed there
+    assert report.figures["files_changed"] >= 1
+    assert_mirrors(ROOT, cfg)
+
+
 def _answers_of(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[str, Entry | bytes]]:
     """Every answer the raw SSH source's ``stat_changed`` or ``_stat`` gives, with its tree's root (no wrapper)."""
     from spoolmig.transport.ssh import SshSource

@@ -286,7 +286,7 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
     _wait_until(quiet_until)  # the pass's listing is the quiet check's second one
     if options.jobs <= 1:
         prepare_walks(pool.opened[0], [w.walk_spec() for w in workers])
-    _parallel(pool, options.jobs, workers, lambda w, s: w.scan(s, progress))
+    _parallel(pool, options.jobs, workers, lambda w, s: _scan(w, s, progress, prepare=options.jobs > 1))
     progress.finish()
     t1 = time.monotonic()
     report.add(list_seconds=t1 - t0)
@@ -329,6 +329,19 @@ def _phases(workers: list[TreeWorker], pool: _SourcePool, options: Options, prog
         if report.differences_total == 0:
             report.statement = f"replica equals source: {files} files, {size} bytes"
     report.figures["replica_files"], report.figures["replica_bytes"] = st.replica_totals(workers[0].conn)
+
+
+def _scan(worker: TreeWorker, source: Source, progress: Progress, *, prepare: bool) -> None:
+    """Scan a tree; with ``prepare``, its listing started first on the connection that reads it.
+
+    Trees scanned in parallel each have a connection of their own: started
+    this way, the listing is dated by the source's clock like the one
+    command of a pass on one connection, so the tree's next pass may still
+    hear only of what changed since.
+    """
+    if prepare:
+        prepare_walks(source, [worker.walk_spec()])
+    worker.scan(source, progress)
 
 
 def recover_interrupted(conn, replica: Replica, trees: list[Tree]) -> None:  # noqa: ANN001
