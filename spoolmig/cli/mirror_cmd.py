@@ -12,8 +12,10 @@ Copy the source's spool, sieve scripts and the configdirectory files a
 migration needs into the replica (mirror.path), file for file with sizes,
 mtimes and modes. Run it again and again while the old server is live: each
 pass lists only the mailbox directories whose mtime changed and stats only
-the cyrus.* files (message files never change), then fetches what is new,
-re-fetches what changed and deletes what is gone (mirror.delete).
+the cyrus.* files (message files never change), walks the configdirectory
+and sievedir for the files changed since the last clean pass, then fetches
+what is new, re-fetches what changed and deletes what is gone
+(mirror.delete).
 
 A big fetch (a first copy: 20,000 files or 2 GiB and more) also runs in a
 helper process per additional CPU core (up to 3), each with its own SSH
