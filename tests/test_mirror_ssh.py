@@ -416,9 +416,9 @@ def test_the_partitions_stats_come_before_the_configdirectory_walk(setup, monkey
     commands: list[list[str]] = []
     real = _remote.sections_command
 
-    def recording(scripts: Any, probe: bool = False) -> str:
+    def recording(scripts: Any, **kw: Any) -> str:
         commands.append(list(scripts))
-        return real(commands[-1], probe)
+        return real(commands[-1], **kw)
 
     monkeypatch.setattr(_remote, "sections_command", recording)
     report = run_pass(cfg, lambda: open_source(cfg.source))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,8 +166,6 @@ def test_cheap_walk_yields_only_dirs_and_matching_files(src: tuple[Source, str],
 def test_walk_since_yields_every_directory_and_only_what_changed(
         kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A dated walk leaves out the entries whose inode did not change since; an undated one leaves out nothing."""
-    import time
-
     from spoolmig.transport.base import Walk
 
     top = tmp_path / "old"
@@ -212,6 +211,31 @@ def test_walk_since_yields_every_directory_and_only_what_changed(
         assert undated == dirs | changed and undated_clock is not None
     else:  # a walk the SSH source did not start ahead has no clock to date it: everything
         assert undated == everything and undated_clock is None
+
+
+def test_the_scripts_after_the_stdin_section_run_beside_it_and_keep_their_order(tmp_path: Path) -> None:
+    """Sections after the one that reads stdin start at once; their output still follows it, each with its status."""
+    started = tmp_path / "started"
+    scripts = ["echo before",
+               "cat",  # the stat section's place: reads the command's stdin
+               f"echo walk; : > {started}; exit 3",  # a walk that fails
+               "cat; echo last"]  # never given the command's stdin
+    command = _remote.sections_command(scripts, stdin_section=1)
+    proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    for _ in range(500):  # the walk runs while the stdin section still waits for its input
+        if started.exists():
+            break
+        time.sleep(0.01)
+    assert started.exists()
+    proc.stdin.write(b"paths\n")
+    proc.stdin.close()
+    out = proc.stdout.read()
+    assert proc.wait() == 0
+    clock = out.split(b"\0", 7)  # first, the record with the source's clock
+    assert clock[0] == b"=" and clock[1].isdigit() and clock[2] == str(_remote.CLOCK_SECTION).encode()
+    assert clock[-1].replace(b"\0", b"|") == (
+        b"before\n=|0|0|||||paths\n=|0|1|||||walk\n=|3|2|||||last\n=|0|3|||||")
 
 
 def test_walk_prune_and_missing_root(src: tuple[Source, str], tree: Tree) -> None:

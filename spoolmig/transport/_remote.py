@@ -117,7 +117,7 @@ CLOCK_RECORD = ("t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) t=-1;; esac;
                 f"printf '=\\0%s\\0{CLOCK_SECTION}\\0\\0\\0\\0\\0' \"$t\"; ")
 
 
-def sections_command(scripts: Iterable[str], probe: bool = False) -> str:
+def sections_command(scripts: Iterable[str], probe: bool = False, stdin_section: int | None = None) -> str:
     """Several listings in one remote command (one shell start-up instead of one per tree).
 
     Each script (:func:`walk_script`, :func:`stat_stdin_script`) runs in a
@@ -127,10 +127,27 @@ def sections_command(scripts: Iterable[str], probe: bool = False) -> str:
     record with index :data:`CLOCK_SECTION` carries the source's clock in
     whole seconds (``date +%s``; -1 where it has none). With ``probe``,
     :data:`PROBE`'s lines come first (up to its ``E`` line).
+
+    ``stdin_section`` names the one script that reads the command's stdin.
+    The scripts after it do not wait for it: they run beside it, their
+    output held in a pipe (and they, once it is full) until its section
+    has ended, so a walk of the configdirectory proceeds while this side
+    still sends the stat its paths and reads its answers. The output keeps
+    the scripts' order.
     """
+    scripts = list(scripts)
+
+    def section(i: int, script: str, stdin: str = "") -> str:
+        return f"( {script} ){stdin}; printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; "
+
     parts = [CLOCK_RECORD]
-    for i, script in enumerate(scripts):
-        parts.append(f"( {script} ); printf '=\\0%d\\0%d\\0\\0\\0\\0\\0' \"$?\" {i}; ")
+    if stdin_section is None or stdin_section >= len(scripts) - 1:
+        parts += [section(i, script) for i, script in enumerate(scripts)]
+    else:
+        parts += [section(i, script) for i, script in enumerate(scripts[:stdin_section])]
+        beside = "".join(section(i, scripts[i]) for i in range(stdin_section + 1, len(scripts)))
+        parts.append(f"exec 4<&0; {{ {beside}}} </dev/null | "
+                     f"{{ {section(stdin_section, scripts[stdin_section], ' <&4')}exec 4<&-; cat; }}; ")
     return wrap((PROBE + "; " if probe else "") + "".join(parts) + "exit 0")
 
 

@@ -920,12 +920,13 @@ class SshSource:
         probe = conn.unprobed
         try:
             # A small window: output of the trees not being read yet waits on the source, not here.
-            chan = self._open(conn, _remote.sections_command(scripts, probe=probe), None,
+            command = _remote.sections_command(scripts, probe=probe, stdin_section=stat_at if known else None)
+            chan = self._open(conn, command, None,
                               window=_PREPARED_WINDOW, background=True)
         except (_Lost, TransportError):
             return
-        # The known paths are read from the state while the command starts up (its stat section
-        # comes after the walks, so it reads them late anyway); an error here must not leave it waiting.
+        # The known paths are read from the state while the command starts up (the walks after its
+        # stat section run meanwhile); an error here must not leave it waiting.
         try:
             sent, starts = stat_args(known)
         except BaseException:
