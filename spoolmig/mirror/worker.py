@@ -215,11 +215,17 @@ class TreeWorker:
         tree = self.tree
         if self._full_cover(self._prior()):
             return Walk(tree.root, (), tuple(tree.prune))
-        self._since_clock = None if self.checksum else st.listed_clock(self.conn, tree.name, self._identity())
-        since = None if self._since_clock is None else self._since_clock - UNCHANGED_MARGIN_NS
         if tree.all_meta:
-            return Walk(tree.root, (), tuple(tree.prune), since)
-        return KnownPaths(tree.root, self._known_paths, since)
+            return Walk(tree.root, (), tuple(tree.prune), self._since())
+        return KnownPaths(tree.root, self._known_paths, self._since())
+
+    def _since(self) -> int | None:
+        """What an incremental listing asks to hear of: changes since the last clean pass's listing, less a margin.
+
+        Sets ``_since_clock`` (that listing's clock; None: hear of everything).
+        """
+        self._since_clock = None if self.checksum else st.listed_clock(self.conn, self.tree.name, self._identity())
+        return None if self._since_clock is None else self._since_clock - UNCHANGED_MARGIN_NS
 
     def _identity(self) -> str:
         """What the recorded listing clock is only good for: this source, root and filters."""
@@ -286,23 +292,25 @@ class TreeWorker:
         held (:meth:`_diff`). A source that could not date the walk listed
         everything: the tree is then covered in full.
         """
-        tree, conn = self.tree, self.conn
-        spec = self.walk_spec()
-        assert isinstance(spec, Walk)
-        self._load(source.walk(tree.root, prune=tree.prune, since=spec.since))
+        tree = self.tree
+        since = self._since()
+        self._load(source.walk(tree.root, prune=tree.prune, since=since))
         self._listed_at = _clock(source, tree.root)
-        if spec.since is None or self._listed_at is None:
+        if since is None or self._listed_at is None:
             self.full_cover = True
-            return
-        assert self._since_clock is not None
-        if self._listed_at < self._since_clock:
+        elif self._since_clock is not None and self._listed_at < self._since_clock:
             log.warning("%s: the source's clock is behind its last clean pass; walking the whole tree", tree.name)
-            conn.execute("DELETE FROM seen")
-            self.full_cover = True
-            self._load(source.walk(tree.root, prune=tree.prune))
-            self._listed_at = _clock(source, tree.root)
-            return
-        self._relist(source)
+            self._walk_whole(source)
+        else:
+            self._relist(source)
+
+    def _walk_whole(self, source: Source) -> None:
+        """Start the listing again as one walk of everything (the tree is then covered in full)."""
+        self.conn.execute("DELETE FROM seen")
+        self.conn.execute("DELETE FROM relist")
+        self.full_cover = True
+        self._load(source.walk(self.tree.root, prune=self.tree.prune))
+        self._listed_at = _clock(source, self.tree.root)
 
     @staticmethod
     def _digesting(entries: Iterable[Entry], digest: ListingDigest) -> Iterator[Entry]:
@@ -485,11 +493,7 @@ class TreeWorker:
         if relisted > max(RELIST_WALK_MIN, RELIST_WALK_FRACTION * dirs):
             # Most directories changed: one walk is cheaper than listing them one by one.
             log.info("%s: %d of %d directories changed; walking the whole tree", name, relisted, dirs)
-            conn.execute("DELETE FROM seen")
-            conn.execute("DELETE FROM relist")
-            self.full_cover = True
-            self._load(source.walk(self.tree.root, prune=self.tree.prune))
-            self._listed_at = _clock(source, self.tree.root)
+            self._walk_whole(source)
             return
         round_ = 0
         while relisted:

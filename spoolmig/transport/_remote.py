@@ -94,10 +94,9 @@ def _glob_escape(path: bytes) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
-def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes],
-                 since_s: int | None = None) -> str:
-    """One streamed ``find`` for a whole tree (see :func:`walk_script`)."""
-    return wrap(walk_script(root, only_dirs_and, prune, since_s))
+def walk_command(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes]) -> str:
+    """One streamed ``find`` for a whole tree, undated: everything (see :func:`walk_script`)."""
+    return wrap(walk_script(root, only_dirs_and, prune))
 
 
 #: Type field of the record that ends one tree's section in :func:`sections_command`'s output.
@@ -167,6 +166,11 @@ def stat_stdin_script(since_s: int | None = None) -> str:
     since = int(since_s)
     brief = _xargs(f"exec find \"$@\" -maxdepth 0 \\( -newerct @{since} -printf '{FIND_FORMAT}'"
                    f" -o -printf {UNCHANGED_MARK} \\)")
+    return _if_newerct(since, brief, full)
+
+
+def _if_newerct(since: int, brief: str, full: str) -> str:
+    """``brief`` where the source's ``find`` knows ``-newerct @since``, else ``full`` (never nothing)."""
     return f"if find / -maxdepth 0 -newerct @{since} -quit 2>/dev/null; then {brief}; else {full}; fi"
 
 
@@ -214,7 +218,7 @@ def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes
         return enter(root) + full
     since = int(since_s)
     brief = "exec find . " + " ".join([*expr, f"-newerct @{since} -printf {fmt}"])
-    return enter(root) + f"if find / -maxdepth 0 -newerct @{since} -quit 2>/dev/null; then {brief}; else {full}; fi"
+    return enter(root) + _if_newerct(since, brief, full)
 
 
 def _xargs(inner: str) -> str:
