@@ -12,13 +12,16 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from spoolmig.errors import TransportError
 from spoolmig.transport import _prepared, _remote
+from spoolmig.transport._common import check_relpath
 from spoolmig.transport.base import Entry, KnownPaths
 
 ROOT = "/var/spool/imap"
@@ -188,3 +191,39 @@ def test_more_unchanged_answers_than_paths_fail_the_stat(tmp_path: Path) -> None
     stat.combined.output += b"uu"  # type: ignore[attr-defined]
     with pytest.raises(TransportError, match="more paths than were asked"):
         trees.changes(stat, "p1")  # the count runs to the section's end: known as soon as p1's last path
+
+
+def _one_by_one(root: str, paths: list[bytes]) -> bytes:
+    """The stat section's stdin as it was built before it was joined in one step: a call per path."""
+    prefix = _remote.stat_prefix(root)
+    return b"".join(_remote.stat_arg(prefix, check_relpath(p)) + b"\0" for p in paths)
+
+
+def _built(build: Callable[[], bytes]) -> bytes | str:
+    try:
+        return build()
+    except (ValueError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+
+
+#: Names as a spool and a hostile source have them: dots, slashes, NULs, empty parts, non-UTF-8.
+_PATH_BYTES = hs.binary(max_size=12).map(lambda b: bytes(b"ab./\0\xff"[c % 6] for c in b))
+
+
+@given(hs.lists(hs.one_of(_PATH_BYTES, hs.sampled_from([b"", b"user", b"user/a/cyrus.index", b".x"])),
+                max_size=8))
+@settings(max_examples=400, deadline=None)
+def test_the_stat_arguments_joined_in_one_step_are_the_ones_made_path_by_path(paths: list[bytes]) -> None:
+    """Every path is sent as ``root/./path`` (the root as ``root/.``), and a path that could name
+    something outside the root is refused with the same error as when each was checked alone."""
+    expected = _built(lambda: _one_by_one(ROOT, paths))
+    got = _built(lambda: _prepared.stat_args([KnownPaths(ROOT, lambda: iter(paths))])[0])
+    assert got == expected
+
+
+def test_the_stat_arguments_of_several_trees_start_where_each_tree_begins() -> None:
+    trees = [("/var/spool/imap", [b"", b"a", b"a/cyrus.index"]), ("/var/spool/imap2", [b"b/c"]), ("/x", [])]
+    sent, starts = _prepared.stat_args([KnownPaths(r, lambda ps=ps: iter(ps)) for r, ps in trees])
+    assert sent == b"".join(_one_by_one(r, ps) for r, ps in trees)
+    assert starts == [("/var/spool/imap", 0), ("/var/spool/imap2", len(_one_by_one(*trees[0]))),
+                      ("/x", len(sent))]

@@ -232,9 +232,30 @@ def stat_args(known: list[KnownPaths]) -> tuple[bytes, list[tuple[str, int]]]:
     offset = 0
     for k in known:
         starts.append((k.root, offset))
-        prefix = _remote.stat_prefix(k.root)
-        for path in k.paths():
-            arg = _remote.stat_arg(prefix, check_relpath(path)) + b"\0"
-            parts.append(arg)
-            offset += len(arg)
+        part = _tree_args(_remote.stat_prefix(k.root), list(k.paths()))
+        parts.append(part)
+        offset += len(part)
     return b"".join(parts), starts
+
+
+#: What a path that :func:`check_relpath` might refuse shows once the paths are joined by NULs
+#: (and framed by them): an empty, absolute, "."-led or slash-ended path, or a "." part.
+_DOUBTFUL_JOINED = (b"\0\0", b"\0/", b"\0.", b"/.", b"//", b"/\0")
+
+
+def _tree_args(prefix: bytes, paths: list[bytes]) -> bytes:
+    """One tree's arguments (:func:`_remote.stat_arg`), each ended by a NUL, its paths checked.
+
+    An incremental pass sends thousands of paths, and a Python call or two
+    per path was most of the time it took to build this: the arguments are
+    joined in one step, and the paths checked one by one (:func:`check_relpath`)
+    only when the joined form shows something it might refuse (or a NUL
+    inside a path).
+    """
+    root = paths[:1] == [b""]
+    rest = paths[1:] if root else paths
+    joined = b"\0" + b"\0".join(rest) + b"\0"
+    if rest and (joined.count(b"\0") != len(rest) + 1 or any(bad in joined for bad in _DOUBTFUL_JOINED)):
+        return b"".join(_remote.stat_arg(prefix, check_relpath(path)) + b"\0" for path in paths)
+    head = _remote.stat_arg(prefix, b"") + b"\0" if root else b""
+    return head + (prefix + (b"\0" + prefix).join(rest) + b"\0" if rest else b"")
