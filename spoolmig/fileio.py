@@ -128,7 +128,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def publish_bytes(path: bytes, data: bytes, mode: int, mtime_ns: int) -> None:
+def publish_bytes(path: bytes, data: bytes, mode: int, mtime_ns: int, *, replacing: bool = False) -> None:
     """Put ``data`` at ``path`` atomically, without fsync (the caller syncs per batch).
 
     The same contract as :func:`atomic_writer` with ``fsync=False``, for the
@@ -149,10 +149,15 @@ def publish_bytes(path: bytes, data: bytes, mode: int, mtime_ns: int) -> None:
     that link and the rename leaves a temporary. Elsewhere (no O_TMPFILE, no
     /proc; decided once per process) the file is created under a TEMP_MARK
     name with ``O_EXCL|O_NOFOLLOW`` and renamed over ``path``.
+
+    ``replacing``: the caller expects ``path`` to exist (a changed metadata
+    file). It is then written under a TEMP_MARK name and renamed over, the
+    fewest system calls for a replacement; an unnamed file would first fail
+    to take the name, then be linked to a temporary one anyway.
     """
     head, sep, _ = path.rpartition(b"/")
     directory = (head or b"/") if sep else b"."
-    if _UNNAMED_OK[0]:
+    if _UNNAMED_OK[0] and not replacing:
         proc = _PROC_FD[0]
         try:
             fd = os.open(directory, _UNNAMED_FILE, mode & 0o777)

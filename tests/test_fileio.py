@@ -53,6 +53,15 @@ def _entries(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
 
 
+def test_a_replacement_hinted_wrongly_still_makes_the_file(tmp_path: Path, way: str) -> None:
+    """The caller's hint that the path exists may be out of date (the file was deleted meanwhile)."""
+    publish_bytes(bytes(tmp_path / "gone"), b"data", 0o640, MTIME, replacing=True)
+    st = os.lstat(tmp_path / "gone")
+    assert (tmp_path / "gone").read_bytes() == b"data"
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_nlink) == (0o640, MTIME, 1)
+    assert _entries(tmp_path) == ["gone"], "no temporaries left"
+
+
 def test_new_file_has_content_mode_and_mtime(tmp_path: Path, way: str) -> None:
     old_umask = os.umask(0o022)
     try:
@@ -73,13 +82,14 @@ def test_new_file_has_content_mode_and_mtime(tmp_path: Path, way: str) -> None:
     _used_unnamed(way)
 
 
-def test_existing_file_is_replaced_atomically(tmp_path: Path, way: str) -> None:
+@pytest.mark.parametrize("replacing", [False, True], ids=["unhinted", "hinted"])
+def test_existing_file_is_replaced_atomically(tmp_path: Path, way: str, replacing: bool) -> None:
     dest = tmp_path / "cyrus.index"
     dest.write_bytes(b"old index")
     os.chmod(dest, 0o644)
     old_inode = os.lstat(dest).st_ino
     with open(dest, "rb") as reader:  # a reader of the old file keeps the old file: no write in place
-        publish_bytes(bytes(dest), b"new index, longer", 0o600, MTIME)
+        publish_bytes(bytes(dest), b"new index, longer", 0o600, MTIME, replacing=replacing)
         assert reader.read() == b"old index"
     st = os.lstat(dest)
     assert st.st_ino != old_inode and st.st_nlink == 1
@@ -119,7 +129,8 @@ def test_a_concurrent_reader_always_finds_a_whole_file(tmp_path: Path, way: str)
     assert _entries(tmp_path) == ["cyrus.index"]
 
 
-def test_symlink_at_destination_is_replaced_never_followed(tmp_path: Path, way: str) -> None:
+@pytest.mark.parametrize("replacing", [False, True], ids=["unhinted", "hinted"])
+def test_symlink_at_destination_is_replaced_never_followed(tmp_path: Path, way: str, replacing: bool) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     victim = outside / "victim"
@@ -128,8 +139,8 @@ def test_symlink_at_destination_is_replaced_never_followed(tmp_path: Path, way: 
     box.mkdir()
     (box / "a").symlink_to(victim)
     (box / "b").symlink_to(outside / "not-there")  # dangling: must not be created through
-    publish_bytes(bytes(box / "a"), b"data a", 0o600, MTIME)
-    publish_bytes(bytes(box / "b"), b"data b", 0o600, MTIME)
+    publish_bytes(bytes(box / "a"), b"data a", 0o600, MTIME, replacing=replacing)
+    publish_bytes(bytes(box / "b"), b"data b", 0o600, MTIME, replacing=replacing)
     for name in ("a", "b"):
         assert stat.S_ISREG(os.lstat(box / name).st_mode)
         assert (box / name).read_bytes() == b"data " + name.encode()
@@ -139,20 +150,22 @@ def test_symlink_at_destination_is_replaced_never_followed(tmp_path: Path, way: 
     _used_unnamed(way)
 
 
-def test_directory_at_destination_is_an_error_leaving_nothing(tmp_path: Path, way: str) -> None:
+@pytest.mark.parametrize("replacing", [False, True], ids=["unhinted", "hinted"])
+def test_directory_at_destination_is_an_error_leaving_nothing(tmp_path: Path, way: str, replacing: bool) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "inside").write_bytes(b"x")
     with pytest.raises(IsADirectoryError):  # the replica turns this into its "directory in the way" error
-        publish_bytes(bytes(tmp_path / "d"), b"data", 0o600, MTIME)
+        publish_bytes(bytes(tmp_path / "d"), b"data", 0o600, MTIME, replacing=replacing)
     assert _entries(tmp_path) == ["d"]
     assert _entries(tmp_path / "d") == ["inside"]
 
 
-def test_failing_data_leaves_nothing_and_the_old_file_intact(tmp_path: Path, way: str) -> None:
+@pytest.mark.parametrize("replacing", [False, True], ids=["unhinted", "hinted"])
+def test_failing_data_leaves_nothing_and_the_old_file_intact(tmp_path: Path, way: str, replacing: bool) -> None:
     dest = tmp_path / "f"
     dest.write_bytes(b"old")
     with pytest.raises(TypeError):
-        publish_bytes(bytes(dest), "not bytes", 0o600, MTIME)  # type: ignore[arg-type]
+        publish_bytes(bytes(dest), "not bytes", 0o600, MTIME, replacing=replacing)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         publish_bytes(bytes(tmp_path / "new"), "not bytes", 0o600, MTIME)  # type: ignore[arg-type]
     assert _entries(tmp_path) == ["f"]

@@ -208,7 +208,7 @@ class Replica:
         """
         full = self.path(tree, rel)
         with self._placing(full, replacing):
-            publish_bytes(full, data, mode, mtime_ns)
+            publish_bytes(full, data, mode, mtime_ns, replacing=replacing)
         return len(data)
 
     def link_file(self, tree: str, existing: bytes, rel: bytes, size: int) -> bool:
