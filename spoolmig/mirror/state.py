@@ -317,14 +317,14 @@ def listed_clock(conn: sqlite3.Connection, tree: str, identity: str) -> int | No
     return int(clock) if of == identity and clock.lstrip("-").isdigit() else None
 
 
-def set_listed_clock(conn: sqlite3.Connection, tree: str, identity: str, clock_ns: int | None) -> None:
-    """Record (None: forget) the clock of this pass's listing of ``tree``, once it ended cleanly."""
-    with write(conn):
-        if clock_ns is None:
-            conn.execute("DELETE FROM meta WHERE key = ?", (f"listed:{tree}",))
-        else:
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
-                         (f"listed:{tree}", f"{int(clock_ns)} {identity}"))
+def put_listed_clock(conn: sqlite3.Connection, tree: str, identity: str, clock_ns: int | None) -> None:
+    """Record (None: forget) the clock of this pass's listing of ``tree``, once it ended cleanly
+    (in the caller's write transaction)."""
+    if clock_ns is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (f"listed:{tree}",))
+    else:
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+                     (f"listed:{tree}", f"{int(clock_ns)} {identity}"))
 
 
 def replica_totals(conn: sqlite3.Connection) -> tuple[int, int]:

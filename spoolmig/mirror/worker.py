@@ -777,19 +777,31 @@ class TreeWorker:
         return bool(self._unsynced or self._unsynced_drops)
 
     def finish(self, *, synced: bool) -> None:
-        """After apply: record what waited for a sync (``synced``: the engine just synced the replica)."""
+        """After apply: record what waited for a sync (``synced``: the engine just synced the replica),
+        then the directories, and the listing's clock.
+
+        In one transaction: a directory's row shares its pages with its
+        ``cyrus.*`` files' rows, and each transaction wrote every page it
+        changed to the WAL again (and the closing checkpoint copied it).
+        """
         if self.skipped or self.replica is None:
             return
-        if self.unsynced:
-            if not synced:
-                self.replica.sync()
-            self._synced([], [], 0)
-        self._finish_dirs()
+        if self.unsynced and not synced:
+            self.replica.sync()
+        done, gone, size = self._take_unsynced([], [], 0)
+        self._touch(done)
+        directories = self._finish_dirs()
         # A clean pass (no error since the scan began, in any tree): the next may hear only of
         # what changed since its listing. After errors, it hears of everything again: a file
         # that failed to copy must be retried even if it does not change.
         clean = self.report.figures["errors"] == self._errors_at_scan
-        st.set_listed_clock(self.conn, self.tree.name, self._identity(), self._listed_at if clean else None)
+        conn = self.conn
+        with st.write(conn):
+            self._put_files(done, gone)
+            _UPSERT.many(conn, directories)
+            conn.execute("DELETE FROM main.marks WHERE tree = ?", (self.tree.name,))  # all is as recorded now
+            st.put_listed_clock(conn, self.tree.name, self._identity(), self._listed_at if clean else None)
+        self.report.add(bytes_fetched=size)
 
     def _delete(self) -> None:
         """Delete what is gone from the source, except what a new path may still be linked from.
@@ -1021,23 +1033,36 @@ class TreeWorker:
 
         (Only this process's own syncs: a helper's sync may have begun before our writes ended.)
         """
+        self._record(*self._take_unsynced(done, gone, size))
+
+    def _take_unsynced(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int
+                       ) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytes]], int]:
+        """``done``/``gone``/``size`` with all that waited for a sync added (and no longer waiting)."""
         gone = gone + self._unsynced_drops
         for w_done, w_gone, w_size in self._unsynced:
             done, gone, size = done + w_done, gone + w_gone, size + w_size
         self._unsynced, self._unsynced_drops = [], []
-        self._record(done, gone, size)
+        return done, gone, size
 
     def _record(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]], size: int) -> None:
         """Record a batch of files that are on disk (synced) in one transaction."""
         if not done and not gone and not size:
             return
         with st.write(self.conn):
-            _UPSERT.many(self.conn, done)
-            self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
+            self._put_files(done, gone)
+        self._touch(done)
+        self.report.add(bytes_fetched=size)
+
+    def _put_files(self, done: list[tuple[Any, ...]], gone: list[tuple[str, bytes]]) -> None:
+        """The rows of files now on disk, and of files gone from it (in the caller's transaction)."""
+        _UPSERT.many(self.conn, done)
+        self.conn.executemany("DELETE FROM main.files WHERE tree = ? AND path = ?", gone)
+
+    def _touch(self, done: list[tuple[Any, ...]]) -> None:
+        """The directories these files were written into get their attributes again (:meth:`_finish_dirs`)."""
         for r in done:
             if r[2] is not None:
                 self.touched.add(r[2])
-        self.report.add(bytes_fetched=size)
 
     def _links(self) -> None:
         """Recreate the source's symbolic links (few: sieve's defaultbc)."""
@@ -1101,8 +1126,8 @@ class TreeWorker:
         if self.final and self.recheck_from_listing and not self.skipped:
             self._recheck_metadata(None, listed)
 
-    def _finish_dirs(self) -> None:
-        """Give directories their source attributes, then record them (after their entries)."""
+    def _finish_dirs(self) -> list[tuple[Any, ...]]:
+        """Give directories their source attributes (after their entries); return their rows to record."""
         assert self.replica is not None
         conn, name = self.conn, self.tree.name
         rows = conn.execute(
@@ -1122,14 +1147,8 @@ class TreeWorker:
         # so the next pass lists it again; not stale, which would also mean "written into when a
         # pass died" and send it through recover_interrupted's local scan.
         fresh = self._fresh_from
-        records = [(name, p, d, "d", CLS_DIR, s, -1 if fresh is not None and m >= fresh else m, mode, ino,
-                    None, 0)
-                   for p, d, s, m, mode, ino in rows if p in changed]
-        for i in range(0, len(records), CHUNK):
-            with st.write(conn):
-                _UPSERT.many(conn, records[i:i + CHUNK])
-        with st.write(conn):  # every directory written into is as recorded now
-            conn.execute("DELETE FROM main.marks WHERE tree = ?", (name,))
+        return [(name, p, d, "d", CLS_DIR, s, -1 if fresh is not None and m >= fresh else m, mode, ino, None, 0)
+                for p, d, s, m, mode, ino in rows if p in changed]
 
     # ---------------------------------------------------------------- verify
 
