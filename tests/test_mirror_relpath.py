@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from spoolmig.mirror import trees
 from spoolmig.transport._common import check_relpath as transport_check
+from spoolmig.transport._common import plain_relpaths
 
 
 def _by_components(path: bytes) -> bool:
@@ -50,3 +51,19 @@ def test_the_transports_fast_path_agrees_with_the_rules(path: bytes) -> None:
     unsafe = path != b"" and (b"\0" in path or path.startswith(b"/")
                               or any(part in (b"", b".", b"..") for part in path.split(b"/")))
     assert _transport_refuses(path) == unsafe
+
+
+@settings(max_examples=2000)
+@given(st.lists(st.lists(pieces, max_size=6).map(b"".join), max_size=6))
+def test_paths_vouched_for_together_pass_the_check_one_by_one(paths: list[bytes]) -> None:
+    """plain_relpaths may send paths to be checked one by one when in doubt, never pass an unsafe or empty one."""
+    if plain_relpaths(paths):
+        assert all(p and not _transport_refuses(p) for p in paths)
+
+
+def test_plain_paths_are_vouched_for_and_anything_else_is_left_to_the_check() -> None:
+    assert plain_relpaths([b"user/a", b"user/a/cyrus.index", b"user/a/1."])
+    assert plain_relpaths([])
+    for doubtful in (b"", b"/etc", b".x", b"a/.b", b"a//b", b"a/", b"a\0b"):
+        assert not plain_relpaths([b"user/a", doubtful]), doubtful
+    assert not plain_relpaths([b"user/a", "str"])  # type: ignore[list-item]

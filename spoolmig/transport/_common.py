@@ -45,6 +45,27 @@ def check_relpath(path: bytes) -> bytes:
     return path
 
 
+#: What :func:`check_relpath` might refuse, as it shows in paths joined by NULs and framed by them:
+#: an empty, absolute, "."-led or slash-ended path, or a "." part (its fast test above, joined).
+_DOUBTFUL_JOINED = (b"\0\0", b"\0/", b"\0.", b"/.", b"//", b"/\0")
+
+
+def plain_relpaths(paths: list[bytes]) -> bool:
+    """Would :func:`check_relpath` pass every one of ``paths``, none of them empty, without splitting it?
+
+    Tested on the paths joined, in a few C-speed scans: thousands of paths
+    an incremental pass sends cost no Python call each. False says only
+    that they must be checked one by one.
+    """
+    if not paths:
+        return True
+    try:
+        joined = b"\0" + b"\0".join(paths) + b"\0"
+    except TypeError:  # not all bytes: check_relpath says which
+        return False
+    return joined.count(b"\0") == len(paths) + 1 and not any(bad in joined for bad in _DOUBTFUL_JOINED)
+
+
 def check_root(root: str) -> str:
     """A source root is an absolute, normalised directory path."""
     if not isinstance(root, str) or not root.startswith("/") or "\0" in root:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from spoolmig.errors import TransportError
 from spoolmig.transport import _remote
-from spoolmig.transport._common import check_relpath, show
+from spoolmig.transport._common import check_relpath, plain_relpaths, show
 from spoolmig.transport.base import UNCHANGED, Entry, KnownPaths
 
 
@@ -238,24 +238,17 @@ def stat_args(known: list[KnownPaths]) -> tuple[bytes, list[tuple[str, int]]]:
     return b"".join(parts), starts
 
 
-#: What a path that :func:`check_relpath` might refuse shows once the paths are joined by NULs
-#: (and framed by them): an empty, absolute, "."-led or slash-ended path, or a "." part.
-_DOUBTFUL_JOINED = (b"\0\0", b"\0/", b"\0.", b"/.", b"//", b"/\0")
-
-
 def _tree_args(prefix: bytes, paths: list[bytes]) -> bytes:
     """One tree's arguments (:func:`_remote.stat_arg`), each ended by a NUL, its paths checked.
 
     An incremental pass sends thousands of paths, and a Python call or two
     per path was most of the time it took to build this: the arguments are
-    joined in one step, and the paths checked one by one (:func:`check_relpath`)
-    only when the joined form shows something it might refuse (or a NUL
-    inside a path).
+    joined in one step, and the paths checked one by one only when
+    :func:`plain_relpaths` cannot vouch for them all.
     """
     root = paths[:1] == [b""]
     rest = paths[1:] if root else paths
-    joined = b"\0" + b"\0".join(rest) + b"\0"
-    if rest and (joined.count(b"\0") != len(rest) + 1 or any(bad in joined for bad in _DOUBTFUL_JOINED)):
+    if not plain_relpaths(rest):
         return b"".join(_remote.stat_arg(prefix, check_relpath(path)) + b"\0" for path in paths)
     head = _remote.stat_arg(prefix, b"") + b"\0" if root else b""
     return head + (prefix + (b"\0" + prefix).join(rest) + b"\0" if rest else b"")
