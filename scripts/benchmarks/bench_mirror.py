@@ -22,6 +22,13 @@ Beside the first copy, the same copies each followed by a ``sync``: spoolmig's
 pass ends with its files on disk, rsync's leaves gigabytes to the kernel's
 writeback, so this row compares the two copies made equally durable.
 
+And a floor for the first copy, on its own fresh ext4 between the two tools'
+copies: the same tar stream spoolmig asks for, made by the source's GNU tar
+and carried by OpenSSH's client with spoolmig's cipher (aes128-gcm), unpacked
+by GNU tar (``ssh … 'tar -cf - TREES' | tar -xf -``). It is what this
+transport and this machine allow a copy written in C, keeping no state and
+syncing nothing; its ratio to rsync bounds the first copy's.
+
 Three quirks of the benchmark machine are kept out of the timings, and shown:
 
 * Destinations: each tool writes to its own fresh ext4 filesystem, a loop-mounted
@@ -64,6 +71,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -272,7 +280,15 @@ class Destinations:
                     ["mkfs.ext4", "-q", "-F", str(image)],
                     ["mount", "-o", "loop", str(image), str(top)]):
             subprocess.run(cmd, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        self.cleanup.callback(unmount, top)
+        self.cleanup.callback(lambda: top.is_mount() and unmount(top))
+
+    def discard(self, name: str) -> None:
+        """Drop ``name``'s destination and its cached pages: the runs after it measure without them."""
+        top = self.work / f"dest-{name}"
+        if top.is_mount():
+            unmount(top)
+            (self.work / f"dest-{name}.img").unlink()
+        shutil.rmtree(top)
 
 
 def main() -> None:
@@ -389,6 +405,17 @@ def main() -> None:
         print(f"page cache: {caches}", flush=True)
         first_rsync = rsync()
         rsync_sync = then_sync()
+        native_dest = dests.fresh("native") / "native"
+        native_dest.mkdir()
+        level_caches(src)
+        trees = " ".join(shlex.quote(f"{src}{p}".lstrip("/"))
+                         for p in (*server.partitions.values(), server.configdirectory))
+        first_native = timed(["bash", "-o", "pipefail", "-c",
+                              f"{ssh} -c aes128-gcm@openssh.com {sshd.user}@{sshd.host} "
+                              + shlex.quote(f"tar -C / -cf - {trees}")
+                              + f" | tar -xf - -C {shlex.quote(str(native_dest))}"])
+        native_sync = then_sync()
+        dests.discard("native")
         dests.fresh("spoolmig")
         aged(made, "the spool")
         level_caches(src)
@@ -399,6 +426,14 @@ def main() -> None:
         # kernel's writeback. Shown beside the ratio above, not instead of it: the copies as durable.
         measure("first copy, then sync", (first_rsync[0] + rsync_sync, first_rsync[1]),
                 (first_spoolmig[0] + spoolmig_sync, first_spoolmig[1]))
+        for label, native, rs, what in (
+                ("floor: ssh | tar -x", first_native[0], first_rsync[0],
+                 "a copy in C, no state, nothing synced: what the first copy's ratio can reach"),
+                ("floor, then sync", first_native[0] + native_sync, first_rsync[0] + rsync_sync,
+                 "both copies followed by a sync")):
+            results[label] = {"rsync_s": rs, "native_s": native, "ratio": native / rs}
+            print(f"{label:<28} rsync {rs:8.2f} s   ssh|tar  {native:8.2f} s   ratio {native / rs:5.2f}   ({what})",
+                  flush=True)
         no_change("no-change pass (median/3)")
         new = max(1, args.messages // 1000)
         live_changes(new, new // 10, new // 4)
