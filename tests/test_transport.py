@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -88,18 +89,32 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     return Tree(folder=folder, spool=spool, outside=outside, files=files)
 
 
-@pytest.fixture(params=["local", "ssh", "sftp"])
+@pytest.fixture(params=["local", "ssh", "ssh-xargs", "sftp"])
 def src(request: pytest.FixtureRequest, tree: Tree) -> Iterator[tuple[Source, str]]:
-    """(source, root) — the same tree seen through each transport."""
+    """(source, root) — the same tree seen through each transport.
+
+    ``ssh-xargs`` is the shell transport as a source whose find predates
+    ``-files0-from`` (GNU find before 4.9) runs it: every command gets its
+    paths through xargs.
+    """
     if request.param == "local":
         source: Source = LocalSource(tree.folder)
         root = ROOT
     else:
-        server = request.getfixturevalue("sshd" if request.param == "ssh" else "sftp_only_sshd")
+        if request.param == "ssh-xargs":
+            capabilities = SshSource._capabilities
+
+            def without_files0(self: SshSource, conn: Any, out: bytes) -> None:
+                capabilities(self, conn, b"\n".join(line for line in out.split(b"\n") if line != b"F"))
+
+            request.getfixturevalue("monkeypatch").setattr(SshSource, "_capabilities", without_files0)
+        server = request.getfixturevalue("sftp_only_sshd" if request.param == "sftp" else "sshd")
         server.start()
         source = SshSource(server.host, server.port, server.user, known_hosts=str(server.known_hosts),
                            identity_file=str(server.identity_file))
-        assert source.mode == ("shell" if request.param == "ssh" else "sftp")
+        assert source.mode == ("sftp" if request.param == "sftp" else "shell")
+        if request.param != "sftp":  # this machine's GNU find (4.9) reads its paths itself, unless we say not
+            assert source._live().files0 is (request.param == "ssh")
         root = str(tree.spool)
     try:
         yield source, root

@@ -16,6 +16,7 @@ is the stat's "unchanged" answer, a single byte between records
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Iterable, Iterator
@@ -43,6 +44,7 @@ PROBE = (
     "--version >/dev/null 2>&1 && echo T; "
     "printf '' | sha256sum >/dev/null 2>&1 && echo S; "
     "/bin/sh -c '[ \"$(printf ab | { head -c 1 >/dev/null; cat; })\" = b ] && echo H' 2>/dev/null; "
+    "printf '/\\000' | find -files0-from - -maxdepth 0 -printf 'F\\n' 2>/dev/null; "
     "echo E"
 )
 
@@ -71,7 +73,7 @@ def enter(root: str) -> str:
 CHECK_OK, CHECK_BAD = b"K", b"B"
 
 
-def checked(check_bytes: int | None) -> str:
+def checked(check_bytes: int | None, files0: bool = False) -> str:
     """Shell prefix: the directory-symlink check, in the same remote command as what it protects.
 
     With ``check_bytes`` set, stdin starts with that many bytes of
@@ -83,8 +85,8 @@ def checked(check_bytes: int | None) -> str:
     """
     if check_bytes is None:
         return ""
-    find = "exec find \"$@\" -maxdepth 0 ! -type d -printf x -quit"
-    return (f"b=$(head -c {int(check_bytes)} | xargs -0 -r /bin/sh -c {shlex.quote(find)} sh); "
+    find = each_path("-maxdepth 0 ! -type d -printf x -quit", files0).removeprefix("exec ")
+    return (f"b=$(head -c {int(check_bytes)} | {find}); "
             'if [ -n "$b" ]; then printf B; exit 0; fi; printf K; ')
 
 
@@ -150,7 +152,7 @@ def sections_command(scripts: Iterable[str], probe: bool = False, stdin_section:
     return wrap((PROBE + "; " if probe else "") + "".join(parts) + "exit 0")
 
 
-def stat_stdin_script(since_s: int | None = None) -> str:
+def stat_stdin_script(since_s: int | None = None, files0: bool | None = None) -> str:
     """lstat of the absolute paths on the command's stdin, in order; a vanished one prints nothing.
 
     The one part of a :func:`sections_command` that reads its stdin. The
@@ -159,14 +161,23 @@ def stat_stdin_script(since_s: int | None = None) -> str:
     ``since_s`` (the source's clock, whole seconds) a path whose ctime is
     not later prints :data:`UNCHANGED_MARK` alone, where the source's
     ``find`` knows ``-newerct``; elsewhere every answer is a full one.
+    ``files0`` says whether the source's ``find`` reads the paths itself
+    (:func:`each_path`); None: not known yet (the command carries the
+    capability probe), so the script finds out, with the one ``find`` it
+    starts anyway to try ``-newerct``.
     """
-    full = _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'")
+    full = functools.partial(each_path, f"-maxdepth 0 -printf '{FIND_FORMAT}'")
     if since_s is None:
-        return full
+        if files0 is None:
+            return f"if {files0_test()}; then {full(True)}; else {full(False)}; fi"
+        return full(files0)
     since = int(since_s)
-    brief = _xargs(f"exec find \"$@\" -maxdepth 0 \\( -newerct @{since} -printf '{FIND_FORMAT}'"
-                   f" -o -printf {UNCHANGED_MARK} \\)")
-    return _if_newerct(since, brief, full)
+    brief = functools.partial(
+        each_path, f"-maxdepth 0 \\( -newerct @{since} -printf '{FIND_FORMAT}' -o -printf {UNCHANGED_MARK} \\)")
+    if files0 is None:  # one find tries both: GNU find from 4.9 knows them, and goes the short way
+        return (f"if {files0_test(f'-newerct @{since}')}; then {brief(True)}; "
+                f"else {_if_newerct(since, brief(False), full(False))}; fi")
+    return _if_newerct(since, brief(files0), full(files0))
 
 
 def _if_newerct(since: int, brief: str, full: str) -> str:
@@ -221,17 +232,32 @@ def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes
     return enter(root) + _if_newerct(since, brief, full)
 
 
-def _xargs(inner: str) -> str:
-    """Feed stdin's NUL-separated ``./path`` list to ``inner`` as "$@", in batches, in order."""
-    return "exec xargs -0 -r /bin/sh -c " + shlex.quote(inner) + " sh"
+def files0_test(also: str = "") -> str:
+    """A command that succeeds where ``find`` reads its starting points from a file (GNU find from 4.9)
+    and knows the predicates in ``also``; it reads no path."""
+    return f"find -files0-from /dev/null -maxdepth 0 {also + ' ' if also else ''}-quit 2>/dev/null"
 
 
-def stat_command(root: str, check_bytes: int | None = None) -> str:
-    return wrap(enter(root) + checked(check_bytes)
-                + _xargs(f"exec find \"$@\" -maxdepth 0 -printf '{FIND_FORMAT}'"))
+def each_path(find_args: str, files0: bool) -> str:
+    """``find`` with ``find_args`` on every path of stdin's NUL-separated list, in order.
+
+    With ``files0`` (the source's ``find`` has ``-files0-from``, probed) find
+    reads the list itself: one process. Else ``xargs`` feeds it to a shell
+    that puts the paths before the expression: three processes, and a
+    shell and a find more per batch of arguments. On a busy two-core
+    machine the processes saved were 7-11 % of an incremental pass.
+    """
+    if files0:
+        return f"exec find -files0-from - {find_args}"
+    return "exec xargs -0 -r /bin/sh -c " + shlex.quote(f'exec find "$@" {find_args}') + " sh"
 
 
-def list_command(root: str, check_bytes: int | None = None, stat_globs: Iterable[bytes] | None = None) -> str:
+def stat_command(root: str, check_bytes: int | None = None, *, files0: bool = False) -> str:
+    return wrap(enter(root) + checked(check_bytes, files0) + each_path(f"-maxdepth 0 -printf '{FIND_FORMAT}'", files0))
+
+
+def list_command(root: str, check_bytes: int | None = None, stat_globs: Iterable[bytes] | None = None, *,
+                 files0: bool = False) -> str:
     """The entries inside each listed directory; with ``stat_globs``, other regular files by name only.
 
     Without ``stat_globs`` every entry is a :data:`FIND_FORMAT` record
@@ -242,18 +268,18 @@ def list_command(root: str, check_bytes: int | None = None, stat_globs: Iterable
     come as a run of fields, taken whole.
     """
     if stat_globs is None:
-        return wrap(enter(root) + checked(check_bytes)
-                    + _xargs(f"exec find \"$@\" -mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'"))
+        return wrap(enter(root) + checked(check_bytes, files0)
+                    + each_path(f"-mindepth 1 -maxdepth 1 -printf '{FIND_FORMAT}'", files0))
     globs = " -o ".join("-name " + shlex.quote(g.decode("utf-8", "surrogateescape")) for g in stat_globs)
     plain = f"-type f ! \\( {globs} \\)" if globs else "-type f"
-    return wrap(enter(root) + checked(check_bytes)
-                + _xargs(f"exec find \"$@\" -maxdepth 1 \\( {plain} -printf '{NAMED_FORMAT}' \\)"
-                         f" -o -printf '{NAMED_RECORD}'"))
+    return wrap(enter(root) + checked(check_bytes, files0)
+                + each_path(f"-maxdepth 1 \\( {plain} -printf '{NAMED_FORMAT}' \\) -o -printf '{NAMED_RECORD}'",
+                            files0))
 
 
-def not_dirs_command(root: str) -> str:
+def not_dirs_command(root: str, *, files0: bool = False) -> str:
     """Print which of the listed ancestor directories are no longer real directories (e.g. symlinks)."""
-    return wrap(enter(root) + _xargs("exec find \"$@\" -maxdepth 0 ! -type d -printf '%p\\0'"))
+    return wrap(enter(root) + each_path("-maxdepth 0 ! -type d -printf '%p\\0'", files0))
 
 
 def ancestors(paths: Iterable[bytes]) -> list[bytes]:
@@ -272,12 +298,13 @@ def under(path: bytes, prefixes: set[bytes]) -> bool:
     return any(b"/".join(parts[:i]) in prefixes for i in range(1, len(parts) + 1))
 
 
-def checksum_command(root: str, check_bytes: int | None = None) -> str:
+def checksum_command(root: str, check_bytes: int | None = None, *, files0: bool = False) -> str:
     """sha256 of regular files only: ``-type f`` keeps a symlink's target unread."""
-    return wrap(enter(root) + checked(check_bytes) + _xargs("exec find \"$@\" -maxdepth 0 -type f -exec sha256sum {} +"))
+    return wrap(enter(root) + checked(check_bytes, files0)
+                + each_path("-maxdepth 0 -type f -exec sha256sum {} +", files0))
 
 
-def tar_command(root: str, check_bytes: int | None = None) -> str:
+def tar_command(root: str, check_bytes: int | None = None, *, files0: bool = False) -> str:
     """One POSIX tar stream of the listed files: ns mtimes in pax headers, links never followed.
 
     ``--hard-dereference``: Cyrus hard-links one message into many mailboxes;
@@ -288,7 +315,7 @@ def tar_command(root: str, check_bytes: int | None = None) -> str:
     (BENCHMARKS.md, session 8).
     """
     return wrap(
-        enter(root) + checked(check_bytes)
+        enter(root) + checked(check_bytes, files0)
         + "exec tar --null --no-recursion --no-unquote --hard-dereference --format=posix "
         "--pax-option=delete=atime,delete=ctime -cf - -T -"
     )

@@ -237,6 +237,7 @@ class _Conn:
     tar: bool = False
     sha256sum: bool = False
     head: bool = False  # GNU head -c reads exactly: the symlink check rides in the command it protects
+    files0: bool = False  # find reads its paths itself (-files0-from): no xargs and shell per command
     #: The capability probe's channel until its answer has been read (it runs alongside the first commands).
     probe: paramiko.Channel | None = None
     #: Not probed yet: the first command (prepare_walks) may carry the probe.
@@ -608,6 +609,7 @@ class SshSource:
         conn.tar = conn.shell and b"T" in lines
         conn.sha256sum = conn.shell and b"S" in lines
         conn.head = conn.shell and b"H" in lines
+        conn.files0 = conn.shell and b"F" in lines
 
     # -- channels -----------------------------------------------------------
 
@@ -722,7 +724,8 @@ class SshSource:
         prefixes = _remote.ancestors(paths)
         if not prefixes:
             return paths
-        out, err, status = self._run(conn, _remote.not_dirs_command(root), _remote.stdin_paths(prefixes))
+        out, err, status = self._run(conn, _remote.not_dirs_command(root, files0=conn.files0),
+                                     _remote.stdin_paths(prefixes))
         self._check(f"checking directories in {root}", status, err)
         bad = {_remote.strip_dot(p) for p in out.split(b"\0") if p}
         return [p for p in paths if not _remote.under(p, bad)] if bad else paths
@@ -738,10 +741,11 @@ class SshSource:
         def start(conn: _Conn, batch: list[Any]) -> Any:
             paths = [i.path if isinstance(i, Entry) else i for i in batch]
             if not conn.head:
-                return self._open(conn, command(root), _remote.stdin_paths(self._safe(conn, root, paths)))
+                return self._open(conn, command(root, files0=conn.files0),
+                                  _remote.stdin_paths(self._safe(conn, root, paths)))
             prefixes = _remote.ancestors(paths)
             pre = _remote.stdin_paths(prefixes) if prefixes else b""
-            chan = self._open(conn, command(root, len(pre)), pre + _remote.stdin_paths(paths))
+            chan = self._open(conn, command(root, len(pre), files0=conn.files0), pre + _remote.stdin_paths(paths))
             return _Pending(chan, paths, command, root)
         return start
 
@@ -762,7 +766,7 @@ class SshSource:
         if head != _remote.CHECK_BAD:
             raise TransportError(f"{self.describe()}: unexpected answer {head!r} from a command in {pending.root}")
         safe = self._safe(conn, pending.root, pending.paths)
-        return self._open(conn, pending.command(pending.root), _remote.stdin_paths(safe))
+        return self._open(conn, pending.command(pending.root, files0=conn.files0), _remote.stdin_paths(safe))
 
     # -- the resumable, pipelined batch driver ------------------------------
 
@@ -913,11 +917,13 @@ class SshSource:
                 scripts.append(_remote.walk_script(*key))
         if not scripts:
             return
+        probe = conn.unprobed
         if known:  # one find for all: unchanged answers only from the earliest time every tree accepts
             sinces = [k.since for k in known if k.since is not None]
             since = min(sinces) // 1_000_000_000 if len(sinces) == len(known) else None
-            scripts[stat_at] = _remote.stat_stdin_script(since)
-        probe = conn.unprobed
+            # Capabilities not known yet (the probe rides in this command, or still runs): the script tries.
+            files0 = None if probe or conn.probe is not None else conn.files0
+            scripts[stat_at] = _remote.stat_stdin_script(since, files0)
         try:
             # A small window: output of the trees not being read yet waits on the source, not here.
             command = _remote.sections_command(scripts, probe=probe, stdin_section=stat_at if known else None)
