@@ -85,8 +85,7 @@ def checked(check_bytes: int | None, files0: bool = False) -> str:
     """
     if check_bytes is None:
         return ""
-    find = each_path("-maxdepth 0 ! -type d -printf x -quit", files0).removeprefix("exec ")
-    return (f"b=$(head -c {int(check_bytes)} | {find}); "
+    return (f"b=$(head -c {int(check_bytes)} | {each_path('-maxdepth 0 ! -type d -printf x -quit', files0)}); "
             'if [ -n "$b" ]; then printf B; exit 0; fi; printf K; ')
 
 
@@ -244,8 +243,8 @@ def each_path(find_args: str, files0: bool) -> str:
     With ``files0`` (the source's ``find`` has ``-files0-from``, probed) find
     reads the list itself: one process. Else ``xargs`` feeds it to a shell
     that puts the paths before the expression: three processes, and a
-    shell and a find more per batch of arguments. On a busy two-core
-    machine the processes saved were 7-11 % of an incremental pass.
+    shell and a find more per batch of arguments. On the bench's two cores
+    the processes saved were 5-6 % of an incremental pass (BENCHMARKS.md).
     """
     if files0:
         return f"exec find -files0-from - {find_args}"
