@@ -123,6 +123,15 @@ def test_a_find_without_newerct_gives_full_answers(tmp_path: Path, files0: bool 
     assert answers == _records(_remote.stat_stdin_script(None), root, paths)
 
 
+def test_the_probe_says_whether_find_reads_its_paths_itself(tmp_path: Path) -> None:
+    """Its ``F`` line comes from the test the stat script makes when the probe's answer is not known yet."""
+    lines = subprocess.run(["/bin/sh", "-c", _remote.PROBE], capture_output=True, check=True).stdout.split(b"\n")
+    assert b"F" in lines and b"E" in lines
+    env = _path(_refusing(tmp_path, "-files0-from"))
+    lines = subprocess.run(["/bin/sh", "-c", _remote.PROBE], capture_output=True, env=env).stdout.split(b"\n")
+    assert b"F" not in lines and b"Pd" in lines and b"E" in lines
+
+
 def test_a_find_without_files0_from_gets_its_paths_through_xargs(tmp_path: Path) -> None:
     """Not probed yet, the script tries -files0-from; a find before 4.9 refuses it and gets the same answers by xargs."""
     root, paths = _tree(tmp_path)

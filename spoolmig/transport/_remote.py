@@ -36,6 +36,14 @@ _KINDS: dict[bytes, Kind] = {b"f": "f", b"d": "d", b"l": "l"}
 #: Exit status a command uses to say "could not enter the root" (vs. root missing: 0, no output).
 EXIT_NO_ROOT = 86
 
+
+def _files0_test(also: str = "") -> str:
+    """A command that succeeds where ``find`` reads its starting points from a file (GNU find from 4.9)
+    and knows the predicates in ``also``; it reads no path. The probe's ``F`` line, and the stat
+    script's own test where the probe's answer is not known yet (:func:`stat_stdin_script`)."""
+    return f"find -files0-from /dev/null -maxdepth 0 {also + ' ' if also else ''}-quit 2>/dev/null"
+
+
 #: Probe run once per connection: which GNU tools the account can use.
 PROBE = (
     "find / -maxdepth 0 -printf 'P%y\\n' 2>/dev/null; "
@@ -44,7 +52,7 @@ PROBE = (
     "--version >/dev/null 2>&1 && echo T; "
     "printf '' | sha256sum >/dev/null 2>&1 && echo S; "
     "/bin/sh -c '[ \"$(printf ab | { head -c 1 >/dev/null; cat; })\" = b ] && echo H' 2>/dev/null; "
-    "printf '/\\000' | find -files0-from - -maxdepth 0 -printf 'F\\n' 2>/dev/null; "
+    f"{_files0_test()} && echo F; "
     "echo E"
 )
 
@@ -168,13 +176,13 @@ def stat_stdin_script(since_s: int | None = None, files0: bool | None = None) ->
     full = functools.partial(each_path, f"-maxdepth 0 -printf '{FIND_FORMAT}'")
     if since_s is None:
         if files0 is None:
-            return f"if {files0_test()}; then {full(True)}; else {full(False)}; fi"
+            return f"if {_files0_test()}; then {full(True)}; else {full(False)}; fi"
         return full(files0)
     since = int(since_s)
     brief = functools.partial(
         each_path, f"-maxdepth 0 \\( -newerct @{since} -printf '{FIND_FORMAT}' -o -printf {UNCHANGED_MARK} \\)")
     if files0 is None:  # one find tries both: GNU find from 4.9 knows them, and goes the short way
-        return (f"if {files0_test(f'-newerct @{since}')}; then {brief(True)}; "
+        return (f"if {_files0_test(f'-newerct @{since}')}; then {brief(True)}; "
                 f"else {_if_newerct(since, brief(False), full(False))}; fi")
     return _if_newerct(since, brief(files0), full(files0))
 
@@ -229,12 +237,6 @@ def walk_script(root: str, only_dirs_and: Iterable[bytes], prune: Iterable[bytes
     since = int(since_s)
     brief = "exec find . " + " ".join([*expr, f"-newerct @{since} -printf {fmt}"])
     return enter(root) + _if_newerct(since, brief, full)
-
-
-def files0_test(also: str = "") -> str:
-    """A command that succeeds where ``find`` reads its starting points from a file (GNU find from 4.9)
-    and knows the predicates in ``also``; it reads no path."""
-    return f"find -files0-from /dev/null -maxdepth 0 {also + ' ' if also else ''}-quit 2>/dev/null"
 
 
 def each_path(find_args: str, files0: bool) -> str:
